@@ -1,0 +1,70 @@
+//! Database access shared by every binary: the pool, the embedded migrations, the error
+//! classification the retry logic relies on, and the advisory-lock keys.
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Channel of the one NOTIFY each committed append transaction sends (payload: last position).
+pub const EVENTS_CHANNEL: &str = "rig_events";
+
+/// Advisory lock taken as the first statement of every append transaction (see ingest's writer).
+pub const APPEND_LOCK_KEY: i64 = 0x7269_675f_6576_7473; // "rig_evts"
+
+/// Session advisory lock key of a consumer: one active instance per name.
+pub fn consumer_lock_key(consumer: &str) -> i64 {
+    // FNV-1a: stable across builds and processes, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"rig-consumer:".iter().chain(consumer.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url)?
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2))
+        .application_name("rig-conductor"))
+}
+
+/// A pool that connects lazily, so a process starts (and answers `/healthz`) while Postgres is
+/// still away; queries fail fast with a connection error that callers retry.
+pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(connect_options(url)?))
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// True for errors worth retrying: the database is away, restarting, overloaded, or the
+/// transaction lost a race (serialization failure, deadlock).
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            // 08: connection exception; 40001/40P01: serialization failure / deadlock;
+            // 53: insufficient resources; 57P0x: admin shutdown, crash shutdown, cannot connect now;
+            // 55P03 lock not available.
+            code.starts_with("08")
+                || code == "40001"
+                || code == "40P01"
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "55P03"
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,256 @@
+//! The event catalog (SPEC §3): which types exist, which `data` fields each requires, and
+//! validation that says precisely what is wrong. Unknown UPPER_SNAKE types are accepted as
+//! they are: the rig adds types over time and projections ignore what they do not know.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+pub const ISSUE_APPROVED: &str = "ISSUE_APPROVED";
+pub const ISSUE_ASSIGNED: &str = "ISSUE_ASSIGNED";
+pub const ISSUE_UNASSIGNED: &str = "ISSUE_UNASSIGNED";
+pub const WORK_STARTED: &str = "WORK_STARTED";
+pub const HEARTBEAT: &str = "HEARTBEAT";
+pub const AGENT_STUCK: &str = "AGENT_STUCK";
+pub const BRANCH_CREATED: &str = "BRANCH_CREATED";
+pub const PR_CREATED: &str = "PR_CREATED";
+pub const CI_PASSED: &str = "CI_PASSED";
+pub const CI_FAILED: &str = "CI_FAILED";
+pub const REVIEW_ASSIGNED: &str = "REVIEW_ASSIGNED";
+pub const REVIEW_PASSED: &str = "REVIEW_PASSED";
+pub const REVIEW_DISPUTED: &str = "REVIEW_DISPUTED";
+pub const HUMAN_GATE_TRIGGERED: &str = "HUMAN_GATE_TRIGGERED";
+pub const ESCALATED: &str = "ESCALATED";
+pub const MERGED: &str = "MERGED";
+pub const ISSUE_DONE: &str = "ISSUE_DONE";
+pub const TOKEN_USAGE: &str = "TOKEN_USAGE";
+
+/// The JSON type a `data` field must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A non-empty string.
+    Str,
+    /// An integer ≥ 0.
+    Count,
+    /// An integer ≥ 1.
+    PositiveInt,
+    /// A number ≥ 0.
+    NonNegNumber,
+    /// A decimal amount ≥ 0: a JSON number or a string such as `"0.30"`.
+    Money,
+    /// An RFC 3339 timestamp string.
+    Timestamp,
+    /// A string or an integer.
+    StrOrInt,
+    /// An array of strings.
+    StrArray,
+    /// An array of anything.
+    Array,
+    /// Any JSON value.
+    Any,
+}
+
+impl Kind {
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Str => "a non-empty string",
+            Kind::Count => "an integer >= 0",
+            Kind::PositiveInt => "an integer >= 1",
+            Kind::NonNegNumber => "a number >= 0",
+            Kind::Money => "a decimal amount >= 0 (a number or a string like \"0.30\")",
+            Kind::Timestamp => "an RFC 3339 timestamp string",
+            Kind::StrOrInt => "a string or an integer",
+            Kind::StrArray => "an array of strings",
+            Kind::Array => "an array",
+            Kind::Any => "any value",
+        }
+    }
+
+    fn accepts(self, v: &Value) -> bool {
+        match self {
+            Kind::Str => v.as_str().is_some_and(|s| !s.is_empty()),
+            Kind::Count => v.as_u64().is_some() || v.as_i64().is_some_and(|n| n >= 0),
+            Kind::PositiveInt => v.as_u64().is_some_and(|n| n >= 1 && n <= i64::MAX as u64),
+            Kind::NonNegNumber => v.as_f64().is_some_and(|n| n >= 0.0 && n.is_finite()),
+            Kind::Money => crate::money::decimal_from_json(v).is_some_and(|d| !d.is_sign_negative()),
+            Kind::Timestamp => v.as_str().is_some_and(|s| DateTime::parse_from_rfc3339(s).is_ok()),
+            Kind::StrOrInt => v.is_string() || v.is_i64() || v.is_u64(),
+            Kind::StrArray => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+            Kind::Array => v.is_array(),
+            Kind::Any => true,
+        }
+    }
+}
+
+struct Spec {
+    required: &'static [(&'static str, Kind)],
+    optional: &'static [(&'static str, Kind)],
+}
+
+fn spec(event_type: &str) -> Option<Spec> {
+    use Kind::*;
+    let s = |required, optional| Some(Spec { required, optional });
+    match event_type {
+        ISSUE_APPROVED => s(&[], &[("title", Str), ("priority", Any), ("depends_on", Array)]),
+        ISSUE_ASSIGNED => s(&[("agent_id", Str)], &[("attempt", Count)]),
+        ISSUE_UNASSIGNED => s(&[("reason", Str)], &[("agent_id", Str)]),
+        WORK_STARTED => s(&[("agent_id", Str)], &[]),
+        HEARTBEAT => s(&[("agent_id", Str)], &[("status", Str), ("current_issue", StrOrInt)]),
+        AGENT_STUCK => s(
+            &[("agent_id", Str)],
+            &[("reason", Str), ("elapsed_seconds", NonNegNumber), ("last_heartbeat_at", Timestamp)],
+        ),
+        BRANCH_CREATED => s(&[("branch", Str)], &[("agent_id", Str)]),
+        PR_CREATED => s(&[("pr_number", PositiveInt)], &[("pr_url", Str), ("branch", Str), ("agent_id", Str)]),
+        CI_PASSED => s(&[], &[("pr_number", PositiveInt), ("run_id", StrOrInt)]),
+        CI_FAILED => s(&[], &[("pr_number", PositiveInt), ("run_id", StrOrInt), ("failed_checks", StrArray)]),
+        REVIEW_ASSIGNED | REVIEW_PASSED => s(&[], &[("reviewer", Str), ("pr_number", PositiveInt)]),
+        REVIEW_DISPUTED => s(&[], &[("reviewer", Str), ("pr_number", PositiveInt), ("attempt", Count)]),
+        HUMAN_GATE_TRIGGERED => s(&[("reason", Str)], &[("pr_number", PositiveInt)]),
+        ESCALATED => s(&[("reason", Str)], &[("attempts", Count)]),
+        MERGED => s(&[], &[("pr_number", PositiveInt), ("merge_sha", Str)]),
+        ISSUE_DONE => s(&[], &[("duration_minutes", NonNegNumber)]),
+        TOKEN_USAGE => s(
+            &[("agent_id", Str), ("model", Str), ("input_tokens", Count), ("output_tokens", Count)],
+            &[("cache_read_tokens", Count), ("cache_write_tokens", Count), ("cost_usd", Money)],
+        ),
+        _ => None,
+    }
+}
+
+/// True for the types of SPEC §3 (validated); false for types the rig added later.
+pub fn is_known_type(event_type: &str) -> bool {
+    spec(event_type).is_some()
+}
+
+/// `UPPER_SNAKE`: `A-Z` first, then `A-Z`/`0-9` in `_`-separated words.
+pub fn is_upper_snake(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.as_bytes()[0].is_ascii_uppercase()
+        && !s.ends_with('_')
+        && !s.contains("__")
+        && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Checks an event's type and data. The message names the field and what was expected.
+pub fn validate(event_type: &str, data: &Value) -> Result<(), String> {
+    if !is_upper_snake(event_type) {
+        return Err(format!(
+            "type {:?} is not UPPER_SNAKE (for example \"ISSUE_ASSIGNED\")",
+            event_type.chars().take(100).collect::<String>()
+        ));
+    }
+    let Some(obj) = data.as_object() else {
+        return Err(format!("data must be a JSON object, found {}", json_kind(data)));
+    };
+    let Some(spec) = spec(event_type) else {
+        return Ok(());
+    };
+    for (field, kind) in spec.required {
+        match obj.get(*field) {
+            None | Some(Value::Null) => {
+                return Err(format!("{event_type} requires data.{field} ({})", kind.expected()));
+            }
+            Some(v) if !kind.accepts(v) => return Err(wrong_type(event_type, field, *kind, v)),
+            _ => {}
+        }
+    }
+    for (field, kind) in spec.optional {
+        if let Some(v) = obj.get(*field) {
+            if !v.is_null() && !kind.accepts(v) {
+                return Err(wrong_type(event_type, field, *kind, v));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn wrong_type(event_type: &str, field: &str, kind: Kind, v: &Value) -> String {
+    format!(
+        "{event_type}: data.{field} must be {}, found {}",
+        kind.expected(),
+        json_kind(v)
+    )
+}
+
+fn json_kind(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) if s.is_empty() => "an empty string".into(),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// An event as stored in the log.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub position: i64,
+    pub stream_id: String,
+    pub version: i32,
+    #[serde(rename = "id")]
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: i32,
+    pub data: Value,
+    pub metadata: Value,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    pub fn str_field(&self, field: &str) -> Option<&str> {
+        self.data.get(field).and_then(Value::as_str)
+    }
+
+    pub fn data_obj(&self) -> Option<&Map<String, Value>> {
+        self.data.as_object()
+    }
+}
+
+/// Columns of `events` in the order `StoredEvent` reads them.
+pub const EVENT_COLUMNS: &str =
+    "position, stream_id, version, event_id, event_type, schema_version, data, metadata, occurred_at, recorded_at";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn known_types_check_required_fields_and_types() {
+        assert!(validate("ISSUE_ASSIGNED", &json!({"agent_id": "dev-1"})).is_ok());
+        let e = validate("ISSUE_ASSIGNED", &json!({})).unwrap_err();
+        assert!(e.contains("requires data.agent_id"), "{e}");
+        let e = validate("ISSUE_ASSIGNED", &json!({"agent_id": 5})).unwrap_err();
+        assert!(e.contains("data.agent_id must be a non-empty string, found number 5"), "{e}");
+        let e = validate(
+            "TOKEN_USAGE",
+            &json!({"agent_id": "a", "model": "m", "input_tokens": -1, "output_tokens": 1}),
+        )
+        .unwrap_err();
+        assert!(e.contains("input_tokens"), "{e}");
+        assert!(validate(
+            "TOKEN_USAGE",
+            &json!({"agent_id": "a", "model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": "0.30"})
+        )
+        .is_ok());
+        assert!(validate("PR_CREATED", &json!({"pr_number": 0})).is_err());
+        assert!(validate("HEARTBEAT", &json!({"agent_id": "a", "status": null})).is_ok());
+    }
+
+    #[test]
+    fn unknown_upper_snake_types_pass_and_others_fail() {
+        assert!(validate("SOMETHING_NEW_2", &json!({"x": 1})).is_ok());
+        for bad in ["heartbeat", "Heartbeat", "_X", "X_", "A__B", "", "A-B", "1ABC"] {
+            assert!(validate(bad, &json!({})).is_err(), "{bad:?}");
+        }
+        assert!(validate("X", &json!([1])).unwrap_err().contains("data must be a JSON object"));
+    }
+}

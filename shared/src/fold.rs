@@ -1,0 +1,173 @@
+//! The issue state: a pure fold of an issue stream in version order (SPEC §3). The same
+//! function feeds the inline `issue_state` table, time travel and `rigctl stream`, so the three
+//! can never disagree.
+
+use crate::events::*;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct IssueState {
+    pub stream_id: String,
+    pub repo: String,
+    pub issue_number: i64,
+    /// `approved`, `assigned`, `in_progress`, `in_review`, `merged`, `done`; `None` until an
+    /// event that sets a status arrives.
+    pub status: Option<String>,
+    pub agent_id: Option<String>,
+    pub version: i32,
+    pub stuck_count: i32,
+    pub last_ci: Option<String>,
+    pub pr_number: Option<i64>,
+    pub branch: Option<String>,
+    pub title: Option<String>,
+    pub first_event_at: DateTime<Utc>,
+    pub assigned_at: Option<DateTime<Utc>>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub done_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What the fold needs of an event.
+pub struct FoldInput<'a> {
+    pub version: i32,
+    pub event_type: &'a str,
+    pub data: &'a Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl IssueState {
+    pub fn new(stream_id: &str, repo: &str, issue_number: i64, first_event_at: DateTime<Utc>) -> Self {
+        IssueState {
+            stream_id: stream_id.to_owned(),
+            repo: repo.to_owned(),
+            issue_number,
+            status: None,
+            agent_id: None,
+            version: 0,
+            stuck_count: 0,
+            last_ci: None,
+            pr_number: None,
+            branch: None,
+            title: None,
+            first_event_at,
+            assigned_at: None,
+            last_heartbeat_at: None,
+            done_at: None,
+            updated_at: first_event_at,
+        }
+    }
+
+    /// Applies one event. Events must come in version order.
+    pub fn apply(&mut self, e: &FoldInput<'_>) {
+        let str_field = |f: &str| e.data.get(f).and_then(Value::as_str).map(str::to_owned);
+        let set = |s: &mut Option<String>, v: &str| *s = Some(v.to_owned());
+        match e.event_type {
+            ISSUE_APPROVED => {
+                set(&mut self.status, "approved");
+                if let Some(t) = str_field("title") {
+                    self.title = Some(t);
+                }
+            }
+            ISSUE_ASSIGNED => {
+                set(&mut self.status, "assigned");
+                self.agent_id = str_field("agent_id");
+                self.assigned_at = Some(e.recorded_at);
+            }
+            ISSUE_UNASSIGNED => {
+                set(&mut self.status, "approved");
+                self.agent_id = None;
+            }
+            WORK_STARTED => set(&mut self.status, "in_progress"),
+            BRANCH_CREATED => {
+                set(&mut self.status, "in_progress");
+                if let Some(b) = str_field("branch") {
+                    self.branch = Some(b);
+                }
+            }
+            PR_CREATED => {
+                set(&mut self.status, "in_progress");
+                if let Some(n) = e.data.get("pr_number").and_then(Value::as_i64) {
+                    self.pr_number = Some(n);
+                }
+                if let Some(b) = str_field("branch") {
+                    self.branch = Some(b);
+                }
+            }
+            REVIEW_ASSIGNED | REVIEW_PASSED | REVIEW_DISPUTED => set(&mut self.status, "in_review"),
+            MERGED => set(&mut self.status, "merged"),
+            ISSUE_DONE => {
+                set(&mut self.status, "done");
+                self.done_at = Some(e.recorded_at);
+            }
+            CI_PASSED => set(&mut self.last_ci, "passed"),
+            CI_FAILED => set(&mut self.last_ci, "failed"),
+            AGENT_STUCK => self.stuck_count += 1,
+            HEARTBEAT => self.last_heartbeat_at = Some(e.recorded_at),
+            _ => {}
+        }
+        self.version = e.version;
+        self.updated_at = e.recorded_at;
+    }
+}
+
+/// Folds a whole issue stream (events in version order). `None` for an empty or agent stream.
+pub fn fold_issue<'a>(stream_id: &str, events: impl IntoIterator<Item = FoldInput<'a>>) -> Option<IssueState> {
+    let sid = crate::stream_id::StreamId::parse(stream_id).ok()?;
+    let (repo, number) = match &sid {
+        crate::stream_id::StreamId::Issue { repo, number } => (repo.clone(), *number),
+        crate::stream_id::StreamId::Agent(_) => return None,
+    };
+    let mut state: Option<IssueState> = None;
+    for e in events {
+        let s = state.get_or_insert_with(|| IssueState::new(stream_id, &repo, number, e.recorded_at));
+        s.apply(&e);
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_whole_lifecycle_passes_every_status() {
+        let t0 = Utc::now();
+        let steps: Vec<(&str, Value, Option<&str>)> = vec![
+            (ISSUE_APPROVED, json!({"title": "Fix it"}), Some("approved")),
+            (ISSUE_ASSIGNED, json!({"agent_id": "a1"}), Some("assigned")),
+            (HEARTBEAT, json!({"agent_id": "a1"}), Some("assigned")),
+            (AGENT_STUCK, json!({"agent_id": "a1"}), Some("assigned")),
+            (ISSUE_UNASSIGNED, json!({"reason": "stale_heartbeat"}), Some("approved")),
+            (ISSUE_ASSIGNED, json!({"agent_id": "a2"}), Some("assigned")),
+            (WORK_STARTED, json!({"agent_id": "a2"}), Some("in_progress")),
+            (BRANCH_CREATED, json!({"branch": "issue-7-fix"}), Some("in_progress")),
+            (PR_CREATED, json!({"pr_number": 12}), Some("in_progress")),
+            (CI_FAILED, json!({}), Some("in_progress")),
+            (REVIEW_ASSIGNED, json!({}), Some("in_review")),
+            (CI_PASSED, json!({}), Some("in_review")),
+            (REVIEW_PASSED, json!({}), Some("in_review")),
+            (MERGED, json!({}), Some("merged")),
+            (ISSUE_DONE, json!({}), Some("done")),
+            ("SOMETHING_ELSE", json!({}), Some("done")),
+        ];
+        let mut s = IssueState::new("acme/w#7", "acme/w", 7, t0);
+        for (i, (ty, data, status)) in steps.iter().enumerate() {
+            let at = t0 + chrono::Duration::seconds(i as i64);
+            s.apply(&FoldInput { version: i as i32 + 1, event_type: ty, data, recorded_at: at });
+            assert_eq!(s.status.as_deref(), *status, "after {ty}");
+        }
+        assert_eq!(s.version, 16);
+        assert_eq!(s.agent_id.as_deref(), Some("a2"));
+        assert_eq!(s.stuck_count, 1);
+        assert_eq!(s.last_ci.as_deref(), Some("passed"));
+        assert_eq!(s.pr_number, Some(12));
+        assert_eq!(s.branch.as_deref(), Some("issue-7-fix"));
+        assert_eq!(s.title.as_deref(), Some("Fix it"));
+        assert_eq!(s.first_event_at, t0);
+        assert_eq!(s.done_at, Some(t0 + chrono::Duration::seconds(14)));
+        assert_eq!(s.last_heartbeat_at, Some(t0 + chrono::Duration::seconds(2)));
+    }
+}

@@ -1,0 +1,158 @@
+//! Exact money. Prices and costs are decimals, never floats summed over time. A JSON number is
+//! read through its shortest decimal form (`0.3` is 0.3, not 0.29999999999999998889…).
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use std::str::FromStr;
+
+/// A decimal from a JSON number (shortest round-trip form) or a decimal string.
+pub fn decimal_from_json(v: &Value) -> Option<Decimal> {
+    match v {
+        Value::String(s) => parse_decimal(s),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Some(Decimal::from(i))
+            } else if let Some(u) = n.as_u64() {
+                Some(Decimal::from(u))
+            } else {
+                n.as_f64().and_then(decimal_from_f64)
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Rust's `Display` for `f64` prints the shortest string that reads back to the same float.
+pub fn decimal_from_f64(f: f64) -> Option<Decimal> {
+    if !f.is_finite() {
+        return None;
+    }
+    Decimal::from_str(&format!("{f}")).ok()
+}
+
+pub fn parse_decimal(s: &str) -> Option<Decimal> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 40 {
+        return None;
+    }
+    Decimal::from_str(s).or_else(|_| Decimal::from_scientific(s)).ok()
+}
+
+/// Deserializes a decimal written either as a string (`"0.30"`) or as a number (`0.3`).
+pub fn deserialize_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Str(String),
+        Int(i64),
+        Float(f64),
+    }
+    let parsed = match Raw::deserialize(d)? {
+        Raw::Str(s) => parse_decimal(&s),
+        Raw::Int(i) => Some(Decimal::from(i)),
+        Raw::Float(f) => decimal_from_f64(f),
+    };
+    match parsed {
+        Some(v) if !v.is_sign_negative() => Ok(v),
+        _ => Err(serde::de::Error::custom(
+            "expected a decimal amount >= 0, written as a string like \"0.30\" or a number",
+        )),
+    }
+}
+
+/// One row of the price table: USD per million tokens, valid from `effective_from` on.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub model: String,
+    pub effective_from: NaiveDate,
+    #[serde(deserialize_with = "deserialize_decimal")]
+    pub input_per_mtok: Decimal,
+    #[serde(deserialize_with = "deserialize_decimal")]
+    pub output_per_mtok: Decimal,
+    #[serde(deserialize_with = "deserialize_decimal", default)]
+    pub cache_read_per_mtok: Decimal,
+    #[serde(deserialize_with = "deserialize_decimal", default)]
+    pub cache_write_per_mtok: Decimal,
+}
+
+/// Token counts of one TOKEN_USAGE event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub input: i64,
+    pub output: i64,
+    pub cache_read: i64,
+    pub cache_write: i64,
+}
+
+/// The price table, grouped by model and sorted by date, for lookups by (model, day).
+#[derive(Debug, Clone, Default)]
+pub struct PriceTable {
+    by_model: std::collections::HashMap<String, Vec<Price>>,
+}
+
+impl PriceTable {
+    pub fn new(prices: &[Price]) -> Self {
+        let mut by_model: std::collections::HashMap<String, Vec<Price>> = Default::default();
+        for p in prices {
+            by_model.entry(p.model.clone()).or_default().push(p.clone());
+        }
+        for rows in by_model.values_mut() {
+            rows.sort_by_key(|p| p.effective_from);
+        }
+        Self { by_model }
+    }
+
+    /// The row with the latest `effective_from` on or before `day`.
+    pub fn price_on(&self, model: &str, day: NaiveDate) -> Option<&Price> {
+        self.by_model.get(model)?.iter().rev().find(|p| p.effective_from <= day)
+    }
+
+    /// Cost of the tokens at the price in force on `day`, exactly; `None` when unpriced.
+    pub fn cost(&self, model: &str, day: NaiveDate, t: Tokens) -> Option<Decimal> {
+        let p = self.price_on(model, day)?;
+        let per_token = Decimal::from(t.input) * p.input_per_mtok
+            + Decimal::from(t.output) * p.output_per_mtok
+            + Decimal::from(t.cache_read) * p.cache_read_per_mtok
+            + Decimal::from(t.cache_write) * p.cache_write_per_mtok;
+        Some(per_token / Decimal::from(1_000_000))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_numbers_read_through_their_shortest_decimal_form() {
+        assert_eq!(decimal_from_json(&json!(0.3)).unwrap().to_string(), "0.3");
+        assert_eq!(decimal_from_json(&json!("0.30")).unwrap().to_string(), "0.30");
+        assert_eq!(decimal_from_json(&json!(12)).unwrap().to_string(), "12");
+        assert_eq!(decimal_from_json(&json!(1e-7)).unwrap().to_string(), "0.0000001");
+        assert!(decimal_from_json(&json!("abc")).is_none());
+        assert!(decimal_from_json(&json!(true)).is_none());
+    }
+
+    #[test]
+    fn price_in_force_is_the_latest_on_or_before_the_day() {
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let p = |from: &str, input: &str| Price {
+            model: "m".into(),
+            effective_from: d(from),
+            input_per_mtok: Decimal::from_str(input).unwrap(),
+            output_per_mtok: Decimal::ZERO,
+            cache_read_per_mtok: Decimal::ZERO,
+            cache_write_per_mtok: Decimal::ZERO,
+        };
+        let t = PriceTable::new(&[p("2025-10-01", "2"), p("2025-09-01", "1")]);
+        assert!(t.price_on("m", d("2025-08-31")).is_none());
+        assert_eq!(t.price_on("m", d("2025-09-30")).unwrap().input_per_mtok.to_string(), "1");
+        assert_eq!(t.price_on("m", d("2025-10-01")).unwrap().input_per_mtok.to_string(), "2");
+        let tokens = Tokens { input: 1, ..Default::default() };
+        assert_eq!(t.cost("m", d("2025-10-02"), tokens).unwrap().to_string(), "0.000002");
+        assert!(t.cost("other", d("2025-10-02"), tokens).is_none());
+    }
+}
