@@ -1,7 +1,8 @@
 //! Logs and metrics for every binary: `tracing` with an `EnvFilter` (`RUST_LOG`, default
 //! `info`), JSON lines when `RIG_LOG_FORMAT=json`; one process-wide Prometheus recorder.
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+pub use metrics_exporter_prometheus::PrometheusHandle;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::sync::OnceLock;
 use tracing_subscriber::{fmt, EnvFilter};
 

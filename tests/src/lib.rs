@@ -1,1 +1,291 @@
-//! Helpers for the whole-system tests.
+//! Helpers for the whole-system tests: a fresh database per test on the real Postgres (found
+//! like `rigctl up` finds it), the real binaries spawned as processes with real signals, and
+//! waiting for conditions with a deadline instead of sleeping.
+#![allow(clippy::unwrap_used)]
+
+use anyhow::{bail, Context};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+/// The Postgres server the suite uses: DATABASE_URL, else 127.0.0.1:5432, else a private cluster
+/// (kept for the life of the test process).
+static SERVER: OnceCell<String> = OnceCell::const_new();
+static CLUSTER: OnceLock<shared::pg::PrivateCluster> = OnceLock::new();
+
+async fn server_url() -> &'static str {
+    SERVER
+        .get_or_init(|| async {
+            let configured = std::env::var("DATABASE_URL").ok();
+            let pg = shared::pg::find_or_start(configured.as_deref(), "postgres").await.expect("find or start Postgres");
+            if let Some(c) = pg.private {
+                let _ = CLUSTER.set(c);
+            }
+            pg.url
+        })
+        .await
+}
+
+fn migrations_fingerprint() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for m in shared::db::MIGRATOR.iter() {
+        for b in m.checksum.iter() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// A fresh, migrated database, dropped when the value is dropped.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+    pub pool: PgPool,
+    admin_url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let server = server_url().await;
+        let admin_url = shared::pg::with_database(server, "postgres").unwrap();
+        let template = format!("rig_tmpl_{}", migrations_fingerprint());
+        let mut admin = PgConnection::connect(&admin_url).await.expect("connect to Postgres");
+        // One process at a time builds the migrated template; the others wait for it.
+        sqlx::query("SELECT pg_advisory_lock(7262100)").execute(&mut admin).await.unwrap();
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        if !exists {
+            let building = format!("{template}_build");
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {building}")).execute(&mut admin).await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {building}")).execute(&mut admin).await.unwrap();
+            let url = shared::pg::with_database(server, &building).unwrap();
+            let pool = PgPool::connect(&url).await.unwrap();
+            shared::db::migrate(&pool).await.expect("migrations apply");
+            pool.close().await;
+            sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {template}")).execute(&mut admin).await.unwrap();
+        }
+        let name = format!("rig_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}")).execute(&mut admin).await.unwrap();
+        sqlx::query("SELECT pg_advisory_unlock(7262100)").execute(&mut admin).await.unwrap();
+        let _ = admin.close().await;
+        let url = shared::pg::with_database(server, &name).unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(20).connect(&url).await.unwrap();
+        TestDb { url, name, pool, admin_url }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    pub async fn events(&self) -> i64 {
+        self.count("SELECT count(*) FROM events").await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop cannot be async: finish on a thread with its own small runtime. The pool is not
+        // closed first (that would wait for connections held by tasks of the blocked test
+        // runtime); FORCE ends them instead.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                if let Ok(mut c) = PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The directory holding the workspace's binaries (`target/debug` for this test build).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/test-binary → target/debug
+    exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
+}
+
+/// Path of a workspace binary. `cargo test --workspace` builds every binary before the tests
+/// run; a narrower `cargo test -p rig-tests` gets the one it needs built here (each binary's
+/// package has the binary's name).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let path = target_dir().join(name);
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() || std::env::var_os("RIG_TEST_REBUILD").is_some() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-p", name, "--bin", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "cargo build -p {name} failed");
+    }
+    assert!(path.exists(), "binary {} not found", path.display());
+    path
+}
+
+/// A real process of one of the workspace binaries, killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `binary` with the given environment (on top of a clean RIG_ environment).
+    pub fn spawn(binary: &str, args: &[&str], env: &[(&str, String)]) -> Proc {
+        let log = std::env::temp_dir().join(format!("rig-test-{binary}-{}.log", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(bin(binary));
+        cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("RIG_") || k == "DATABASE_URL" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("RIG_CONFIG", "/dev/null").env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
+        Proc { name: binary.to_owned(), child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `timeout` for a clean exit; returns the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                bail!("{} did not stop within {timeout:?} of SIGTERM; log:\n{}", self.name, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill9();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Waits until `url` answers 200.
+pub async fn wait_http_ok(url: &str, timeout: Duration) {
+    let client = reqwest::Client::new();
+    wait_for(&format!("{url} to answer 200"), timeout, || async {
+        match client.get(url).timeout(Duration::from_secs(1)).send().await {
+            Ok(r) if r.status().is_success() => Some(()),
+            _ => None,
+        }
+    })
+    .await
+}
+
+/// An in-process ingest on a free port, against `db`.
+pub struct TestIngest {
+    pub base: String,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl TestIngest {
+    pub async fn start(db: &TestDb) -> TestIngest {
+        Self::start_with(db, |_| {}).await
+    }
+
+    pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut shared::Settings)) -> TestIngest {
+        let mut settings = shared::Settings::default();
+        settings.database_url = shared::config::DatabaseUrl(db.url.clone());
+        settings.ingest.listen = "127.0.0.1:0".parse().unwrap();
+        tweak(&mut settings);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let metrics = shared::telemetry::metrics_handle();
+        let (addr, _task) = rig_ingest::start(settings, db.pool.clone(), metrics, shutdown.clone())
+            .await
+            .context("start ingest")
+            .unwrap();
+        TestIngest { base: format!("http://{addr}"), shutdown }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for TestIngest {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Percent-encodes a stream id for a URL path.
+pub fn enc(stream_id: &str) -> String {
+    stream_id.replace('%', "%25").replace('/', "%2F").replace('#', "%23").replace(':', "%3A")
+}

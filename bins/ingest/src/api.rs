@@ -1,0 +1,365 @@
+//! The native JSON API (SPEC §4): append, stream reads with time travel, and the read models.
+
+use crate::error::ApiError;
+use crate::writer::{Append, AppendOk, NewEvent};
+use crate::{authorize, AppState};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use shared::events::{self, StoredEvent, EVENT_COLUMNS};
+use shared::fold::{fold_issue, FoldInput, IssueState};
+use shared::StreamId;
+use std::collections::HashSet;
+use uuid::Uuid;
+
+pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
+
+/// The body as bytes, with the size limit reported as our JSON 413.
+pub fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge(state.settings.ingest.max_body_bytes)
+        } else {
+            ApiError::MalformedJson(format!("could not read the body: {r}"))
+        }
+    })
+}
+
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))
+}
+
+pub fn parse_stream_id(s: &str) -> Result<StreamId, ApiError> {
+    StreamId::parse(s).map_err(|e| ApiError::InvalidStreamId(e.to_string()))
+}
+
+/// Turns a native append body into a validated `Append`. Nothing is written on error.
+pub fn parse_append(body: Value) -> Result<Append, ApiError> {
+    let Value::Object(mut obj) = body else {
+        return Err(ApiError::MalformedJson("the body must be a JSON object".into()));
+    };
+    let stream = match obj.remove("stream_id") {
+        Some(Value::String(s)) => parse_stream_id(&s)?,
+        Some(_) => return Err(ApiError::InvalidRequest("stream_id must be a string".into())),
+        None => return Err(ApiError::InvalidRequest("stream_id is required".into())),
+    };
+    let expected_version = match obj.remove("expected_version") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(n) if n >= 0 => Some(n),
+            _ => return Err(ApiError::InvalidRequest("expected_version must be an integer >= 0".into())),
+        },
+    };
+    let list = match obj.remove("events") {
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::InvalidRequest("events must be an array".into())),
+        None => return Err(ApiError::InvalidRequest("events is required".into())),
+    };
+    if list.is_empty() {
+        return Err(ApiError::InvalidRequest("events is empty; send 1 to 1000 events".into()));
+    }
+    if list.len() > MAX_EVENTS_PER_REQUEST {
+        return Err(ApiError::TooManyEvents(list.len()));
+    }
+    let mut seen = HashSet::with_capacity(list.len());
+    let mut out = Vec::with_capacity(list.len());
+    for (index, e) in list.into_iter().enumerate() {
+        let ev = parse_event(e).map_err(|detail| ApiError::InvalidEvent { index, detail })?;
+        if !seen.insert(ev.event_id) {
+            return Err(ApiError::InvalidEvent { index, detail: format!("id {} appears twice in the request", ev.event_id) });
+        }
+        out.push(ev);
+    }
+    Ok(Append { stream, expected_version, events: out })
+}
+
+fn parse_event(e: Value) -> Result<NewEvent, String> {
+    let Value::Object(mut o) = e else { return Err("each event must be a JSON object".into()) };
+    let event_type = match o.remove("type") {
+        Some(Value::String(t)) => t,
+        Some(_) => return Err("type must be a string".into()),
+        None => return Err("type is required".into()),
+    };
+    let data = match o.remove("data") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(d) => d,
+    };
+    events::validate(&event_type, &data)?;
+    let event_id = match o.remove("id") {
+        None | Some(Value::Null) => Uuid::new_v4(),
+        Some(Value::String(s)) => Uuid::parse_str(&s).map_err(|_| format!("id {s:?} is not a UUID"))?,
+        Some(_) => return Err("id must be a UUID string".into()),
+    };
+    let metadata = match o.remove("metadata") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(m @ Value::Object(_)) => m,
+        Some(_) => return Err("metadata must be a JSON object".into()),
+    };
+    let occurred_at = match o.remove("occurred_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(
+            DateTime::parse_from_rfc3339(&s)
+                .map_err(|_| format!("occurred_at {s:?} is not an RFC 3339 time such as 2026-04-21T09:00:05Z"))?
+                .with_timezone(&Utc),
+        ),
+        Some(_) => return Err("occurred_at must be an RFC 3339 string".into()),
+    };
+    let schema_version = match o.remove("schema_version") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_i64()
+            .filter(|n| (1..=i64::from(i32::MAX)).contains(n))
+            .ok_or("schema_version must be an integer >= 1")? as i32,
+    };
+    Ok(NewEvent { event_id, event_type, schema_version, data, metadata, occurred_at })
+}
+
+/// Appends and answers 201 (written), 200 (an idempotent retry) or the error.
+pub async fn submit(state: &AppState, append: Append) -> Result<Response, ApiError> {
+    match state.writer.append(append).await? {
+        AppendOk::Created(a) => Ok((StatusCode::CREATED, Json(a)).into_response()),
+        AppendOk::AlreadyStored(a) => Ok((StatusCode::OK, Json(a)).into_response()),
+    }
+}
+
+/// `POST /v1/events`
+pub async fn append(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let bytes = body_bytes(&state, body)?;
+    let append = parse_append(parse_json(&bytes)?)?;
+    submit(&state, append).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    to_version: Option<String>,
+    at: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StreamView {
+    stream_id: String,
+    version: i64,
+    events: Vec<StoredEvent>,
+    state: Option<IssueState>,
+}
+
+/// `GET /v1/streams/{stream_id}?to_version=N | ?at=TIME`: the events and the folded state then.
+pub async fn read_stream(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let stream = parse_stream_id(&raw)?;
+    let sid = stream.to_string();
+    let to_version = match q.to_version.as_deref() {
+        None => None,
+        Some(v) => Some(
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::InvalidRequest("to_version must be an integer >= 0".into()))?,
+        ),
+    };
+    let at = match q.at.as_deref() {
+        None => None,
+        Some(t) => Some(
+            DateTime::parse_from_rfc3339(t)
+                .map_err(|_| ApiError::InvalidRequest(format!("at {t:?} is not an RFC 3339 time such as 2026-04-21T09:00:05Z")))?
+                .with_timezone(&Utc),
+        ),
+    };
+    if to_version.is_some() && at.is_some() {
+        return Err(ApiError::InvalidRequest("give to_version or at, not both".into()));
+    }
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = $1)")
+        .bind(&sid)
+        .fetch_one(&state.pool)
+        .await?;
+    if !exists {
+        return Err(ApiError::NotFound(format!("stream {sid} has no events")));
+    }
+    let events: Vec<StoredEvent> = sqlx::query_as(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 \
+         AND ($2::bigint IS NULL OR version <= $2) AND ($3::timestamptz IS NULL OR recorded_at <= $3) \
+         ORDER BY version"
+    ))
+    .bind(&sid)
+    .bind(to_version)
+    .bind(at)
+    .fetch_all(&state.pool)
+    .await?;
+    let state_at = fold_issue(
+        &sid,
+        events.iter().map(|e| FoldInput {
+            version: e.version,
+            event_type: &e.event_type,
+            data: &e.data,
+            recorded_at: e.recorded_at,
+        }),
+    );
+    let version = events.last().map_or(0, |e| i64::from(e.version));
+    Ok(Json(StreamView { stream_id: sid, version, events, state: state_at }).into_response())
+}
+
+/// `GET /v1/issues/{stream_id}`
+pub async fn get_issue(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let sid = parse_stream_id(&raw)?.to_string();
+    let row: Option<IssueState> = sqlx::query_as("SELECT * FROM issue_state WHERE stream_id = $1")
+        .bind(&sid)
+        .fetch_optional(&state.pool)
+        .await?;
+    match row {
+        Some(s) => Ok(Json(s).into_response()),
+        None => Err(ApiError::NotFound(format!("no issue {sid}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IssuesQuery {
+    status: Option<String>,
+    agent_id: Option<String>,
+    repo: Option<String>,
+    limit: Option<i64>,
+}
+
+pub const STATUSES: &[&str] = &["approved", "assigned", "in_progress", "in_review", "merged", "done"];
+
+/// `GET /v1/issues?status=…&agent_id=…&repo=…`
+pub async fn list_issues(State(state): State<AppState>, Query(q): Query<IssuesQuery>) -> Result<Response, ApiError> {
+    if let Some(s) = &q.status {
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::InvalidRequest(format!("status must be one of {}", STATUSES.join(", "))));
+        }
+    }
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::InvalidRequest("limit must be from 1 to 10000".into()));
+    }
+    let repo = q.repo.as_ref().map(|r| r.to_ascii_lowercase());
+    let issues: Vec<IssueState> = sqlx::query_as(
+        "SELECT * FROM issue_state WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR agent_id = $2) \
+         AND ($3::text IS NULL OR repo = $3) ORDER BY updated_at DESC, stream_id LIMIT $4",
+    )
+    .bind(&q.status)
+    .bind(&q.agent_id)
+    .bind(&repo)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(json!({ "issues": issues })).into_response())
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct AgentView {
+    pub agent_id: String,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub current_stream_id: Option<String>,
+    pub status: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `GET /v1/agents`
+pub async fn list_agents(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let agents: Vec<AgentView> = sqlx::query_as(
+        "SELECT agent_id, last_heartbeat_at, current_stream_id, status, updated_at FROM agent_status ORDER BY agent_id",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(json!({ "agents": agents })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UsageQuery {
+    stream_id: Option<String>,
+    agent_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct UsageRow {
+    pub stream_id: String,
+    pub agent_id: String,
+    pub model: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub cost_usd: Decimal,
+    pub events: i64,
+}
+
+/// `GET /v1/usage?stream_id=…|agent_id=…`: token usage (token-projector's table).
+pub async fn usage(State(state): State<AppState>, Query(q): Query<UsageQuery>) -> Result<Response, ApiError> {
+    let sid = match &q.stream_id {
+        Some(s) => Some(parse_stream_id(s)?.to_string()),
+        None => None,
+    };
+    let rows: Vec<UsageRow> = sqlx::query_as(
+        "SELECT * FROM token_usage WHERE ($1::text IS NULL OR stream_id = $1) AND ($2::text IS NULL OR agent_id = $2) \
+         ORDER BY stream_id, agent_id, model LIMIT 10000",
+    )
+    .bind(&sid)
+    .bind(&q.agent_id)
+    .fetch_all(&state.pool)
+    .await?;
+    let total = json!({
+        "input_tokens": rows.iter().map(|r| r.input_tokens).sum::<i64>(),
+        "output_tokens": rows.iter().map(|r| r.output_tokens).sum::<i64>(),
+        "cache_read_tokens": rows.iter().map(|r| r.cache_read_tokens).sum::<i64>(),
+        "cache_write_tokens": rows.iter().map(|r| r.cache_write_tokens).sum::<i64>(),
+        "cost_usd": rows.iter().map(|r| r.cost_usd).sum::<Decimal>(),
+        "events": rows.iter().map(|r| r.events).sum::<i64>(),
+    });
+    Ok(Json(json!({ "usage": rows, "total": total })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CostQuery {
+    days: Option<String>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct DailyCostRow {
+    pub day: NaiveDate,
+    pub repo: String,
+    pub agent_id: String,
+    pub model: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub cost_usd: Decimal,
+    pub events: i64,
+    pub unpriced_events: i64,
+}
+
+/// `GET /v1/costs/daily?days=N`: the last N UTC days (today included) of `daily_cost`.
+pub async fn daily_costs(State(state): State<AppState>, Query(q): Query<CostQuery>) -> Result<Response, ApiError> {
+    let days = match q.days.as_deref() {
+        None => 7,
+        Some(d) => d
+            .parse::<i32>()
+            .ok()
+            .filter(|n| (1..=3660).contains(n))
+            .ok_or_else(|| ApiError::InvalidRequest("days must be an integer from 1 to 3660".into()))?,
+    };
+    let rows: Vec<DailyCostRow> = sqlx::query_as(
+        "SELECT * FROM daily_cost WHERE day > (now() AT TIME ZONE 'UTC')::date - $1 ORDER BY day, repo, agent_id, model",
+    )
+    .bind(days)
+    .fetch_all(&state.pool)
+    .await?;
+    let total: Decimal = rows.iter().map(|r| r.cost_usd).sum();
+    Ok(Json(json!({ "days": days, "costs": rows, "total_cost_usd": total })).into_response())
+}

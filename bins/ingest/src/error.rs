@@ -1,0 +1,106 @@
+//! Every error the API returns, mapped to its status code in one place. Bodies are JSON with an
+//! `error` code and a human `detail`; SQL text never reaches a client.
+
+use crate::writer::AppendError;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+#[derive(Debug)]
+pub enum ApiError {
+    MalformedJson(String),
+    InvalidRequest(String),
+    InvalidStreamId(String),
+    InvalidEvent { index: usize, detail: String },
+    TooManyEvents(usize),
+    BodyTooLarge(usize),
+    Unauthorized(&'static str),
+    NotFound(String),
+    Append(AppendError),
+    Database(sqlx::Error),
+    BadSignature(&'static str),
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> Self {
+        ApiError::Append(e)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Database(e)
+    }
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, Value) {
+        use ApiError::*;
+        let body = |code: &str, detail: String| json!({"error": code, "detail": detail});
+        match self {
+            MalformedJson(d) => (StatusCode::BAD_REQUEST, body("malformed_json", d.clone())),
+            InvalidRequest(d) => (StatusCode::UNPROCESSABLE_ENTITY, body("invalid_request", d.clone())),
+            InvalidStreamId(d) => (StatusCode::UNPROCESSABLE_ENTITY, body("invalid_stream_id", d.clone())),
+            InvalidEvent { index, detail } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error": "invalid_event", "index": index, "detail": detail}),
+            ),
+            TooManyEvents(n) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                body("too_many_events", format!("{n} events in one request; at most 1000 are allowed, split the request")),
+            ),
+            BodyTooLarge(max) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                body("body_too_large", format!("the body is larger than ingest.max_body_bytes ({max} bytes)")),
+            ),
+            Unauthorized(d) => (StatusCode::UNAUTHORIZED, body("unauthorized", (*d).to_owned())),
+            BadSignature(d) => (StatusCode::UNAUTHORIZED, body("bad_signature", (*d).to_owned())),
+            NotFound(d) => (StatusCode::NOT_FOUND, body("not_found", d.clone())),
+            Append(e) => match e {
+                AppendError::WrongExpectedVersion { expected, current } => (
+                    StatusCode::CONFLICT,
+                    json!({"error": "wrong_expected_version", "expected_version": expected,
+                           "current_version": current, "detail": e.to_string()}),
+                ),
+                AppendError::DuplicateEventId { event_id, detail } => (
+                    StatusCode::CONFLICT,
+                    json!({"error": "duplicate_event_id", "event_id": event_id, "detail": detail}),
+                ),
+                AppendError::AlreadyAssigned { agent_id } => (
+                    StatusCode::CONFLICT,
+                    json!({"error": "already_assigned", "agent_id": agent_id,
+                           "detail": format!("the issue is held by agent {agent_id}; it must be unassigned first")}),
+                ),
+                AppendError::Unavailable(_) => unavailable(),
+                AppendError::Internal(d) => (StatusCode::INTERNAL_SERVER_ERROR, body("internal", d.clone())),
+            },
+            Database(e) if shared::db::is_transient(e) => unavailable(),
+            Database(e) => {
+                tracing::error!(error = %e, "database error");
+                (StatusCode::INTERNAL_SERVER_ERROR, body("internal", "the database refused the request".into()))
+            }
+        }
+    }
+}
+
+fn unavailable() -> (StatusCode, Value) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({"error": "database_unavailable", "detail": "the database is unavailable; retry with the same event ids"}),
+    )
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.parts();
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
