@@ -138,22 +138,22 @@ pub fn target_dir() -> PathBuf {
     exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
 }
 
-/// Path of a workspace binary. `cargo test --workspace` builds every binary before the tests
-/// run; a narrower `cargo test -p rig-tests` gets the one it needs built here (each binary's
-/// package has the binary's name).
+/// Path of a workspace binary, built (once per test process) so a test never runs a stale
+/// one: `cargo test` builds binaries only for packages with integration tests, and a narrower
+/// `cargo test -p rig-tests` builds none. Up-to-date builds take a fraction of a second.
 pub fn bin(name: &str) -> PathBuf {
-    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let path = target_dir().join(name);
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.exists() || std::env::var_os("RIG_TEST_REBUILD").is_some() {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", name, "--bin", name])
+        let out = Command::new(cargo)
+            .args(["build", "--quiet", "-p", name, "--bin", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "cargo build -p {name} failed");
+            .output()
+            .expect("run cargo build");
+        assert!(out.status.success(), "cargo build -p {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        built.push(name.to_owned());
     }
     assert!(path.exists(), "binary {} not found", path.display());
     path
@@ -288,4 +288,60 @@ impl Drop for TestIngest {
 /// Percent-encodes a stream id for a URL path.
 pub fn enc(stream_id: &str) -> String {
     stream_id.replace('%', "%25").replace('/', "%2F").replace('#', "%23").replace(':', "%3A")
+}
+
+/// Pids of live processes whose environment holds `key=value` (how a test finds every process a
+/// launcher started for it, to prove none is left behind).
+pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
+    let needle = format!("{key}={value}");
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        // Zombies keep no environment, so a reaped-or-dying process does not count.
+        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Environment for a whole system under test: the database and a free port for every listener.
+pub struct SystemPorts {
+    pub ingest: u16,
+    pub stale_heartbeat: u16,
+    pub cost_projector: u16,
+    pub token_projector: u16,
+    pub notifier: u16,
+}
+
+impl SystemPorts {
+    pub fn new() -> Self {
+        SystemPorts {
+            ingest: free_port(),
+            stale_heartbeat: free_port(),
+            cost_projector: free_port(),
+            token_projector: free_port(),
+            notifier: free_port(),
+        }
+    }
+
+    pub fn env(&self, db: &TestDb) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", db.url.clone()),
+            ("RIG_INGEST__LISTEN", format!("127.0.0.1:{}", self.ingest)),
+            ("RIG_STALE_HEARTBEAT__METRICS_LISTEN", format!("127.0.0.1:{}", self.stale_heartbeat)),
+            ("RIG_STALE_HEARTBEAT__INGEST_URL", format!("http://127.0.0.1:{}", self.ingest)),
+            ("RIG_COST_PROJECTOR__METRICS_LISTEN", format!("127.0.0.1:{}", self.cost_projector)),
+            ("RIG_TOKEN_PROJECTOR__METRICS_LISTEN", format!("127.0.0.1:{}", self.token_projector)),
+            ("RIG_NOTIFIER__METRICS_LISTEN", format!("127.0.0.1:{}", self.notifier)),
+        ]
+    }
+}
+
+impl Default for SystemPorts {
+    fn default() -> Self {
+        Self::new()
+    }
 }

@@ -175,34 +175,54 @@ enum Decision {
 
 /// Commits one batch; returns the jobs to run in the next batch (they reuse ids that an earlier
 /// job of this batch writes, so they can only be judged once those rows exist).
+///
+/// A non-transient database error fails a whole transaction; so that one request's failure
+/// never fails the others, such a batch is retried one request per transaction.
 async fn commit_batch(pool: &PgPool, batch: Vec<Job>) -> Vec<Job> {
     match try_commit_batch(pool, &batch).await {
-        Ok((decisions, carry_idx)) => {
+        Ok(decided) => reply_all(batch, decided),
+        Err(e) if batch.len() > 1 && !is_transient(&e) => {
+            tracing::warn!(error = %e, requests = batch.len(), "batch failed; retrying each request alone");
             let mut carry = Vec::new();
-            for (i, (job, decision)) in batch.into_iter().zip(decisions).enumerate() {
-                if carry_idx.contains(&i) {
-                    carry.push(job);
-                    continue;
-                }
-                if let Some(result) = decision {
-                    record_outcome(&result);
-                    let _ = job.reply.send(result);
+            for job in batch {
+                match try_commit_batch(pool, std::slice::from_ref(&job)).await {
+                    Ok(decided) => carry.extend(reply_all(vec![job], decided)),
+                    Err(e) => fail_all(vec![job], &e),
                 }
             }
             carry
         }
         Err(e) => {
-            let err = if is_transient(&e) {
-                AppendError::Unavailable(e.to_string())
-            } else {
-                tracing::error!(error = %e, "append transaction failed");
-                AppendError::Internal("the append failed; nothing was written".into())
-            };
-            for job in batch {
-                let _ = job.reply.send(Err(err.clone()));
-            }
+            fail_all(batch, &e);
             Vec::new()
         }
+    }
+}
+
+fn reply_all(batch: Vec<Job>, (decisions, carry_idx): Decided) -> Vec<Job> {
+    let mut carry = Vec::new();
+    for (i, (job, decision)) in batch.into_iter().zip(decisions).enumerate() {
+        if carry_idx.contains(&i) {
+            carry.push(job);
+            continue;
+        }
+        if let Some(result) = decision {
+            record_outcome(&result);
+            let _ = job.reply.send(result);
+        }
+    }
+    carry
+}
+
+fn fail_all(batch: Vec<Job>, e: &sqlx::Error) {
+    let err = if is_transient(e) {
+        AppendError::Unavailable(e.to_string())
+    } else {
+        tracing::error!(error = %e, "append transaction failed");
+        AppendError::Internal("the append failed; nothing was written".into())
+    };
+    for job in batch {
+        let _ = job.reply.send(Err(err.clone()));
     }
 }
 

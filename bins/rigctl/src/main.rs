@@ -1,1 +1,16 @@
-fn main() {}
+//! rigctl: the operator's CLI. Every command is in `lib.rs`; this only parses and dispatches.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    shared::telemetry::init("rigctl");
+    let cli = rigctl::Cli::parse();
+    match rigctl::dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rigctl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

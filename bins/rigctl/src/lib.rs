@@ -1,0 +1,143 @@
+//! rigctl: migrate, run everything locally (`up`), inspect streams, issues and consumers, reset
+//! and skip consumers. Human tables by default, `--json` for scripts.
+
+pub mod inspect;
+pub mod up;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shared::Settings;
+use sqlx::PgPool;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rigctl",
+    version,
+    about = "Operate rig-conductor: an event-sourced memory for an AI coding-agent rig",
+    long_about = "Operate rig-conductor: an event-sourced memory for an AI coding-agent rig.\n\n\
+        Configuration comes from rig.toml (or the file in RIG_CONFIG), then RIG_… environment \
+        variables (RIG_INGEST__LISTEN=0.0.0.0:8080), then DATABASE_URL.\n\n\
+        Start here:  rigctl up --demo      (everything, with a simulated rig)\n\
+        Then:        rigctl issues | rigctl stream 'acme/widgets#1' | rigctl consumers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if needed and apply the migrations.
+    Migrate,
+    /// Run every process of the Procfile (finding or starting Postgres, migrating first) until Ctrl-C.
+    Up(up::UpArgs),
+    /// Show one stream as a timeline with its folded state; time travel with --to-version or --at.
+    Stream {
+        /// `owner/repo#number` or `agent:<id>` (quote the `#` in shells).
+        stream_id: String,
+        /// Show the stream as it was at this version.
+        #[arg(long, conflicts_with = "at")]
+        to_version: Option<i64>,
+        /// Show the events recorded up to this RFC 3339 time.
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The issue board: every issue with its status, agent, version and times.
+    Issues {
+        /// Only issues in this status (approved, assigned, in_progress, in_review, merged, done).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each consumer's position, the log head, lag, whether an instance is active, paused, last error.
+    Consumers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a projection: empty its tables and move its checkpoint to the start, in one
+    /// transaction (safe while it runs). The notifier restarts at the head instead.
+    Reset {
+        /// token-projector, cost-projector, stale-heartbeat or notifier.
+        consumer: String,
+    },
+    /// Dead-letter the event a paused consumer stopped at, and let it go on.
+    Skip {
+        consumer: String,
+        /// The position it is paused at (see `rigctl consumers`).
+        position: i64,
+    },
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Migrate => {
+            let settings = load_settings()?;
+            let url = settings.database_url.expose().to_owned();
+            shared::pg::ensure_database(&url).await.context("create the database")?;
+            let pool = connect(&settings).await?;
+            shared::db::migrate(&pool).await.context("apply migrations")?;
+            let n = shared::db::MIGRATOR.iter().count();
+            println!("migrated {} ({n} migrations applied or already current)", settings.database_url);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up(args) => up::run(args).await,
+        Command::Stream { stream_id, to_version, at, json } => {
+            let pool = connect(&load_settings()?).await?;
+            inspect::stream(&pool, &stream_id, to_version, at.as_deref(), json).await
+        }
+        Command::Issues { status, json } => {
+            let pool = connect(&load_settings()?).await?;
+            inspect::issues(&pool, status.as_deref(), json).await
+        }
+        Command::Consumers { json } => {
+            let pool = connect(&load_settings()?).await?;
+            inspect::consumers(&pool, json).await
+        }
+        Command::Reset { consumer } => {
+            let pool = connect(&load_settings()?).await?;
+            let info = known_consumer(&consumer)?;
+            let start = shared::consumer::reset(&pool, info).await?;
+            if info.tables.is_empty() {
+                println!("reset {}: checkpoint moved to the head ({start}); nothing from before is sent again", info.name);
+            } else {
+                println!(
+                    "reset {}: emptied {} and moved the checkpoint to {start}; the running consumer now replays the log",
+                    info.name,
+                    info.tables.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Skip { consumer, position } => {
+            let pool = connect(&load_settings()?).await?;
+            let info = known_consumer(&consumer)?;
+            shared::consumer::skip(&pool, info.name, position).await?;
+            println!("skipped position {position} for {}: recorded in dead_letters; the consumer goes on", info.name);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn load_settings() -> anyhow::Result<Settings> {
+    Ok(Settings::load()?)
+}
+
+fn known_consumer(name: &str) -> anyhow::Result<&'static shared::consumer::ConsumerInfo> {
+    shared::consumer::consumer_info(name).with_context(|| {
+        let names: Vec<&str> = shared::consumer::CONSUMERS.iter().map(|c| c.name).collect();
+        format!("unknown consumer {name:?}; the consumers are {}", names.join(", "))
+    })
+}
+
+pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    let pool = shared::db::pool(settings.database_url.expose(), 4)?;
+    sqlx::query("SELECT 1")
+        .execute(&pool)
+        .await
+        .with_context(|| format!("cannot reach the database at {} (set DATABASE_URL or database_url in rig.toml)", settings.database_url))?;
+    Ok(pool)
+}
