@@ -68,3 +68,27 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Refuses to run against a database whose schema is older than this build (the operator
+/// forgot `rigctl migrate`). An unreachable database is not an error here: the process starts,
+/// reports not-ready and retries, so a worker can start before Postgres does.
+pub async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
+    let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied = sqlx::query_scalar::<_, Option<i64>>("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await;
+    match applied {
+        Ok(Some(v)) if v >= needed => Ok(()),
+        Ok(v) => anyhow::bail!(
+            "the database schema is at migration {} but this build needs {needed}: run `rigctl migrate` first",
+            v.unwrap_or(0)
+        ),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
+            anyhow::bail!("the database has no rig-conductor schema yet: run `rigctl migrate` first")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the database schema yet; starting anyway and retrying");
+            Ok(())
+        }
+    }
+}

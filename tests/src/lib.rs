@@ -261,8 +261,8 @@ impl TestIngest {
     }
 
     pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut shared::Settings)) -> TestIngest {
-        let mut settings = shared::Settings::default();
-        settings.database_url = shared::config::DatabaseUrl(db.url.clone());
+        let mut settings =
+            shared::Settings { database_url: shared::config::DatabaseUrl(db.url.clone()), ..Default::default() };
         settings.ingest.listen = "127.0.0.1:0".parse().unwrap();
         tweak(&mut settings);
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -344,4 +344,75 @@ impl Default for SystemPorts {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The rows where `token_usage` or `daily_cost` differ from a fold of the log computed here,
+/// independently of the projectors: SQL over `events` with `prices` bound as a table. Empty when
+/// both tables equal the fold. The rule folded is SPEC §5's: the event's `cost_usd` when given,
+/// else the price row with the latest `effective_from` on or before the event's UTC day
+/// (`occurred_at`, else `recorded_at`), else 0 USD counted as unpriced. Costs are multiplied by
+/// 0.000001 rather than divided by a million, so Postgres computes them exactly too.
+pub async fn projection_mismatches(pool: &PgPool, prices: &[shared::money::Price]) -> Vec<String> {
+    const FOLD: &str = "\
+        WITH prices(model, effective_from, input, output, cache_read, cache_write) AS ( \
+            SELECT * FROM unnest($1::text[], $2::date[], $3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[])), \
+        usage AS ( \
+            SELECT stream_id, \
+                   CASE WHEN stream_id LIKE 'agent:%' THEN '' ELSE regexp_replace(stream_id, '#[^#]*$', '') END AS repo, \
+                   data->>'agent_id' AS agent_id, data->>'model' AS model, \
+                   (data->>'input_tokens')::int8 AS input_tokens, \
+                   (data->>'output_tokens')::int8 AS output_tokens, \
+                   coalesce((data->>'cache_read_tokens')::int8, 0) AS cache_read_tokens, \
+                   coalesce((data->>'cache_write_tokens')::int8, 0) AS cache_write_tokens, \
+                   (coalesce(occurred_at, recorded_at) AT TIME ZONE 'UTC')::date AS day, \
+                   (data->>'cost_usd')::numeric AS given \
+            FROM events WHERE event_type = 'TOKEN_USAGE'), \
+        priced AS ( \
+            SELECT u.*, \
+                   coalesce(u.given, (u.input_tokens * p.input + u.output_tokens * p.output \
+                       + u.cache_read_tokens * p.cache_read + u.cache_write_tokens * p.cache_write) * 0.000001, 0) AS cost_usd, \
+                   (u.given IS NULL AND p.model IS NULL)::int AS unpriced \
+            FROM usage u LEFT JOIN LATERAL ( \
+                SELECT * FROM prices p WHERE p.model = u.model AND p.effective_from <= u.day \
+                ORDER BY p.effective_from DESC LIMIT 1) p ON true)";
+    let token_usage = format!(
+        "{FOLD}, fold AS ( \
+            SELECT stream_id, agent_id, model, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, \
+                   sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens, \
+                   sum(cost_usd) AS cost_usd, count(*) AS events \
+            FROM priced GROUP BY stream_id, agent_id, model) \
+        SELECT format('token_usage (%s, %s, %s): fold %s, table %s', coalesce(f.stream_id, t.stream_id), \
+                      coalesce(f.agent_id, t.agent_id), coalesce(f.model, t.model), to_jsonb(f), to_jsonb(t)) \
+        FROM fold f FULL JOIN token_usage t ON (f.stream_id, f.agent_id, f.model) = (t.stream_id, t.agent_id, t.model) \
+        WHERE (f.input_tokens, f.output_tokens, f.cache_read_tokens, f.cache_write_tokens, f.cost_usd, f.events) \
+              IS DISTINCT FROM (t.input_tokens, t.output_tokens, t.cache_read_tokens, t.cache_write_tokens, t.cost_usd, t.events)"
+    );
+    let daily_cost = format!(
+        "{FOLD}, fold AS ( \
+            SELECT day, repo, agent_id, model, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, \
+                   sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens, \
+                   sum(cost_usd) AS cost_usd, count(*) AS events, sum(unpriced) AS unpriced_events \
+            FROM priced GROUP BY day, repo, agent_id, model) \
+        SELECT format('daily_cost (%s, %s, %s, %s): fold %s, table %s', coalesce(f.day, t.day), coalesce(f.repo, t.repo), \
+                      coalesce(f.agent_id, t.agent_id), coalesce(f.model, t.model), to_jsonb(f), to_jsonb(t)) \
+        FROM fold f FULL JOIN daily_cost t ON (f.day, f.repo, f.agent_id, f.model) = (t.day, t.repo, t.agent_id, t.model) \
+        WHERE (f.input_tokens, f.output_tokens, f.cache_read_tokens, f.cache_write_tokens, f.cost_usd, f.events, f.unpriced_events) \
+              IS DISTINCT FROM (t.input_tokens, t.output_tokens, t.cache_read_tokens, t.cache_write_tokens, t.cost_usd, t.events, \
+                                t.unpriced_events)"
+    );
+    let mut out = Vec::new();
+    for sql in [token_usage, daily_cost] {
+        let rows: Vec<String> = sqlx::query_scalar(&sql)
+            .bind(prices.iter().map(|p| p.model.clone()).collect::<Vec<_>>())
+            .bind(prices.iter().map(|p| p.effective_from).collect::<Vec<_>>())
+            .bind(prices.iter().map(|p| p.input_per_mtok).collect::<Vec<_>>())
+            .bind(prices.iter().map(|p| p.output_per_mtok).collect::<Vec<_>>())
+            .bind(prices.iter().map(|p| p.cache_read_per_mtok).collect::<Vec<_>>())
+            .bind(prices.iter().map(|p| p.cache_write_per_mtok).collect::<Vec<_>>())
+            .fetch_all(pool)
+            .await
+            .expect("fold the log");
+        out.extend(rows);
+    }
+    out
 }

@@ -4,7 +4,9 @@
 
 pub mod api;
 pub mod compat;
+pub mod dashboard;
 pub mod error;
+pub mod github;
 pub mod writer;
 
 use anyhow::bail;
@@ -30,12 +32,16 @@ pub struct AppState {
     pub pool: PgPool,
     pub writer: Writer,
     pub settings: Arc<Settings>,
+    /// `ingest.github.branch_issue_pattern`, compiled once at start.
+    pub branch_issue_re: regex::Regex,
 }
 
 /// The whole HTTP surface, separate from serving so tests can call it in-process.
 pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
     let ops = shared::ops::router(shared::ops::OpsState { pool: state.pool.clone(), metrics });
     Router::new()
+        .route("/", get(dashboard::root))
+        .route("/dashboard", get(dashboard::page))
         .route("/v1/events", post(api::append))
         .route("/v1/streams/{*stream_id}", get(api::read_stream))
         .route("/v1/issues", get(api::list_issues))
@@ -44,6 +50,8 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
         .route("/v1/usage", get(api::usage))
         .route("/v1/costs/daily", get(api::daily_costs))
         .route("/api/events", post(compat::append))
+        .route("/v1/github/webhook", post(github::webhook))
+        .route("/api/webhook/github", post(github::webhook))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
@@ -136,6 +144,7 @@ pub fn check_exposure(settings: &Settings) -> anyhow::Result<()> {
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
     check_exposure(&settings)?;
     let pool = shared::db::pool(settings.database_url.expose(), 16)?;
+    shared::db::check_schema(&pool).await?;
     let (addr, server) = start(settings, pool, metrics, shutdown).await?;
     tracing::info!(%addr, "rig-ingest listening");
     server.await?;
@@ -150,8 +159,9 @@ pub async fn start(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let branch_issue_re = github::compile_branch_pattern(&settings.ingest.github.branch_issue_pattern)?;
     let writer = Writer::spawn(pool.clone(), settings.ingest.max_batch_requests);
     let listen = settings.ingest.listen;
-    let state = AppState { pool, writer, settings: Arc::new(settings) };
+    let state = AppState { pool, writer, settings: Arc::new(settings), branch_issue_re };
     shared::ops::serve(listen, app(state, metrics), shutdown).await
 }

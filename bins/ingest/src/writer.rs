@@ -523,7 +523,16 @@ async fn upsert_agents(
         r.data.get("agent_id").and_then(Value::as_str).map(str::to_owned).or_else(|| holder.clone())
     };
     let relevant = |t: &str| {
-        matches!(t, events::HEARTBEAT | events::ISSUE_ASSIGNED | events::ISSUE_UNASSIGNED | events::AGENT_STUCK | events::WORK_STARTED)
+        matches!(
+            t,
+            events::HEARTBEAT
+                | events::ISSUE_ASSIGNED
+                | events::ISSUE_UNASSIGNED
+                | events::AGENT_STUCK
+                | events::WORK_STARTED
+                | events::ISSUE_DONE
+                | events::MERGED
+        )
     };
     let mut names: Vec<String> = touch
         .iter()
@@ -575,11 +584,12 @@ async fn upsert_agents(
                 a.current_stream_id = Some(r.stream_id.clone());
                 a.status = Some("working".to_owned());
             }
-            events::ISSUE_UNASSIGNED if on_issue => {
+            // The agent is done with the issue: it no longer counts as its current one.
+            events::ISSUE_UNASSIGNED | events::ISSUE_DONE | events::MERGED if on_issue => {
                 if a.current_stream_id.as_deref() == Some(r.stream_id.as_str()) {
                     a.current_stream_id = None;
+                    a.status = Some("idle".to_owned());
                 }
-                a.status = Some("idle".to_owned());
             }
             events::AGENT_STUCK => a.status = Some("stuck".to_owned()),
             _ => {}
