@@ -585,11 +585,11 @@ async fn upsert_agents(
                 a.status = Some("working".to_owned());
             }
             // The agent is done with the issue: it no longer counts as its current one.
-            events::ISSUE_UNASSIGNED | events::ISSUE_DONE | events::MERGED if on_issue => {
-                if a.current_stream_id.as_deref() == Some(r.stream_id.as_str()) {
-                    a.current_stream_id = None;
-                    a.status = Some("idle".to_owned());
-                }
+            events::ISSUE_UNASSIGNED | events::ISSUE_DONE | events::MERGED
+                if on_issue && a.current_stream_id.as_deref() == Some(r.stream_id.as_str()) =>
+            {
+                a.current_stream_id = None;
+                a.status = Some("idle".to_owned());
             }
             events::AGENT_STUCK => a.status = Some("stuck".to_owned()),
             _ => {}
