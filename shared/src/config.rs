@@ -233,8 +233,9 @@ impl Settings {
     /// The layered providers, for tests that add their own on top.
     pub fn figment(toml_path: PathBuf) -> Result<Figment, ConfigError> {
         let mut fig = Figment::new().merge(Toml::file_exact(toml_path)).merge(
-            // RIG_CONFIG and RIG_LOG_FORMAT steer the process, they are not settings.
-            Env::prefixed("RIG_").ignore(&["config", "log_format"]).split("__"),
+            // RIG_CONFIG and RIG_LOG_FORMAT steer the process, they are not settings; nor is
+            // RIG_SIMULATE_TOKEN, the token `rigctl simulate` sends (read by clap).
+            Env::prefixed("RIG_").ignore(&["config", "log_format", "simulate_token"]).split("__"),
         );
         if let Ok(url) = std::env::var("DATABASE_URL") {
             fig = fig.merge(("database_url", url));

@@ -12,17 +12,25 @@
 //!   the connection). `rig_consumer_active` says which instance works.
 //! - **Prompt and cheap.** LISTEN wakes the loop as soon as ingest commits; a poll every
 //!   `poll_interval` covers notifications lost across reconnects; nothing spins while idle.
+//! - **Bounded memory, fast catch-up.** Events are read in chunks of `batch_size`. A projection
+//!   that sums in memory may let one transaction carry many chunks while it is behind
+//!   (`catch_up_chunks`): the rest of such a batch streams in on a second connection, decoded
+//!   while earlier chunks are applied, and is written once (`flush`). A projection may also
+//!   declare the event types it wants (others are not fetched; the checkpoint still passes
+//!   them) and that it needs only the lean columns (`lean_events`).
 //! - **Transient errors** (database away, restarting) are retried with exponential backoff
-//!   (`backon`). **Poison events** (a handler error that is not transient) are retried a few
-//!   times one event at a time, then the consumer pauses at that position with the error stored
-//!   in `checkpoints` and exported as `rig_consumer_paused`; it never skips silently.
-//!   `rigctl skip` records a dead letter and moves it on.
+//!   (`backon`). **Poison events** (a handler error that is not transient) are narrowed down:
+//!   what precedes the failing event is applied in bulk, the event itself is retried alone a few
+//!   times, then the consumer pauses at that position with the error stored in `checkpoints` and
+//!   exported as `rig_consumer_paused`; it never skips silently. `rigctl skip` records a dead
+//!   letter and moves it on.
 
 use crate::db::{consumer_lock_key, is_transient, EVENTS_CHANNEL};
 use crate::events::{StoredEvent, EVENT_COLUMNS};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool};
+use futures::TryStreamExt;
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,15 +55,28 @@ pub struct ConsumerInfo {
     pub start: StartFrom,
 }
 
-pub const TOKEN_PROJECTOR: ConsumerInfo =
-    ConsumerInfo { name: "token-projector", tables: &["token_usage"], start: StartFrom::Beginning };
-pub const COST_PROJECTOR: ConsumerInfo =
-    ConsumerInfo { name: "cost-projector", tables: &["daily_cost"], start: StartFrom::Beginning };
-pub const STALE_HEARTBEAT: ConsumerInfo =
-    ConsumerInfo { name: "stale-heartbeat", tables: &["stale_heartbeat_issues"], start: StartFrom::Beginning };
+pub const TOKEN_PROJECTOR: ConsumerInfo = ConsumerInfo {
+    name: "token-projector",
+    tables: &["token_usage"],
+    start: StartFrom::Beginning,
+};
+pub const COST_PROJECTOR: ConsumerInfo = ConsumerInfo {
+    name: "cost-projector",
+    tables: &["daily_cost"],
+    start: StartFrom::Beginning,
+};
+pub const STALE_HEARTBEAT: ConsumerInfo = ConsumerInfo {
+    name: "stale-heartbeat",
+    tables: &["stale_heartbeat_issues"],
+    start: StartFrom::Beginning,
+};
 /// The notifier's reset keeps undelivered outbox rows (they are messages owed to people) and
 /// moves the checkpoint to the head.
-pub const NOTIFIER: ConsumerInfo = ConsumerInfo { name: "notifier", tables: &[], start: StartFrom::Head };
+pub const NOTIFIER: ConsumerInfo = ConsumerInfo {
+    name: "notifier",
+    tables: &[],
+    start: StartFrom::Head,
+};
 
 pub const CONSUMERS: &[ConsumerInfo] = &[TOKEN_PROJECTOR, COST_PROJECTOR, STALE_HEARTBEAT, NOTIFIER];
 
@@ -75,15 +96,29 @@ pub enum ApplyError {
 
 /// A read model fed by the log. Implementations aggregate the batch in memory and write it
 /// with a few set-based statements: no per-event round trips.
+///
+/// One transaction carries one batch: `begin`, then one or more `apply` calls (chunks of at most
+/// `batch_size` events, positions ascending across calls), then `flush`, then the checkpoint.
+/// If anything fails the transaction rolls back and the next one starts with `begin` again.
 pub trait Projection: Send + 'static {
     fn info(&self) -> &'static ConsumerInfo;
 
-    /// Applies a batch (positions ascending) inside the consumer's transaction.
+    /// Applies a chunk of events (positions ascending) inside the consumer's transaction.
     fn apply<'a>(
         &'a mut self,
         tx: &'a mut PgConnection,
         events: &'a [StoredEvent],
     ) -> impl Future<Output = Result<(), ApplyError>> + Send + 'a;
+
+    /// Writes what the transaction's `apply` calls gathered in memory, if they deferred writing;
+    /// called once, after the last `apply` and before the checkpoint is written.
+    fn flush<'a>(&'a mut self, _tx: &'a mut PgConnection) -> impl Future<Output = Result<(), ApplyError>> + Send + 'a {
+        async { Ok(()) }
+    }
+
+    /// Called before a transaction's first `apply`: forget whatever was gathered for a
+    /// transaction that did not commit.
+    fn begin(&mut self) {}
 
     /// Whether the transaction must be durable at commit. Projections that are pure functions
     /// of the log may say no: a commit lost in a Postgres crash loses checkpoint and tables
@@ -94,6 +129,28 @@ pub trait Projection: Send + 'static {
 
     /// Called after each committed batch.
     fn after_commit(&mut self) {}
+
+    /// The event types `apply` wants; `None` means all. Events of other types are not fetched
+    /// at all (less to read and decode), yet the checkpoint moves past them as usual.
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
+    /// How many chunks of `batch_size` events one transaction may carry while the consumer is
+    /// behind (memory stays bounded by a few chunks). Worth raising for projections that sum in
+    /// memory and write in `flush`: a bigger transaction means fewer row writes and commits per
+    /// event. Caught up, a transaction carries what is there, at most one chunk.
+    fn catch_up_chunks(&self) -> i64 {
+        1
+    }
+
+    /// Whether `apply` reads only `position`, `stream_id`, `event_type`, `data`, `occurred_at`
+    /// and `recorded_at`. If so the other columns are not read at all, and the events `apply`
+    /// gets carry empty values there (nil `event_id`, `version` and `schema_version` 0, null
+    /// `metadata`).
+    fn lean_events(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -106,22 +163,130 @@ pub struct ConsumerConfig {
 
 impl ConsumerConfig {
     pub fn from_settings(s: &crate::config::ConsumerSettings) -> Self {
-        ConsumerConfig { batch_size: s.batch_size, poll_interval: s.poll_interval, poison_attempts: 3 }
+        ConsumerConfig {
+            batch_size: s.batch_size,
+            poll_interval: s.poll_interval,
+            poison_attempts: 3,
+        }
     }
 }
 
 /// What one `run_once` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Applied { events: usize, position: i64 },
+    Applied {
+        events: usize,
+        position: i64,
+    },
     /// Nothing new after `position`.
-    Idle { position: i64 },
+    Idle {
+        position: i64,
+    },
     /// Stopped at `position` by a poison event, waiting for an operator.
-    Paused { position: i64 },
+    Paused {
+        position: i64,
+    },
     /// The checkpoint moved under us (reset, skip, or another instance): nothing applied.
     Fenced,
-    /// The batch failed with a non-transient error; it will be retried one event at a time.
-    Failed { position: i64, error: String },
+    /// The batch failed with a non-transient error; it is narrowed down to the failing event.
+    Failed {
+        position: i64,
+        error: String,
+    },
+}
+
+/// Positions that may hold the event a failed batch choked on. What precedes `from` is applied
+/// in bulk; from there on one event per transaction until past `to`.
+#[derive(Debug, Clone, Copy)]
+struct Suspects {
+    from: i64,
+    to: i64,
+}
+
+/// One read of the log: the wanted events among the positions up to `upto`.
+struct Chunk {
+    events: Vec<StoredEvent>,
+    /// The last position covered (of any type); `None` when nothing new.
+    upto: Option<i64>,
+    /// Positions covered, of any type.
+    scanned: usize,
+}
+
+/// The rest of a catch-up batch, arriving from the reader task.
+struct Rest {
+    chunks: tokio::sync::mpsc::Receiver<Result<Vec<StoredEvent>, sqlx::Error>>,
+    reader: Reader,
+    upto: i64,
+    scanned: usize,
+}
+
+/// The reader task of a catch-up batch; stopped when the batch is abandoned.
+struct Reader(tokio::task::JoinHandle<()>);
+
+impl Reader {
+    /// True when the reader ended normally (its last chunk, or its error, was delivered).
+    async fn finished(mut self) -> bool {
+        (&mut self.0).await.is_ok()
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Columns read for projections with `lean_events`, in the order `decode_event` expects.
+const LEAN_COLUMNS: &str = "position, stream_id, event_type, data, occurred_at, recorded_at";
+
+/// Decodes a row of `EVENT_COLUMNS` (or `LEAN_COLUMNS`) by index: no lookups by name per row.
+fn decode_event(row: &PgRow, lean: bool) -> Result<StoredEvent, sqlx::Error> {
+    if lean {
+        return Ok(StoredEvent {
+            position: row.try_get(0)?,
+            stream_id: row.try_get(1)?,
+            version: 0,
+            event_id: uuid::Uuid::nil(),
+            event_type: row.try_get(2)?,
+            schema_version: 0,
+            data: row.try_get(3)?,
+            metadata: serde_json::Value::Null,
+            occurred_at: row.try_get(4)?,
+            recorded_at: row.try_get(5)?,
+        });
+    }
+    Ok(StoredEvent {
+        position: row.try_get(0)?,
+        stream_id: row.try_get(1)?,
+        version: row.try_get(2)?,
+        event_id: row.try_get(3)?,
+        event_type: row.try_get(4)?,
+        schema_version: row.try_get(5)?,
+        data: row.try_get(6)?,
+        metadata: row.try_get(7)?,
+        occurred_at: row.try_get(8)?,
+        recorded_at: row.try_get(9)?,
+    })
+}
+
+/// The last of the next `limit` positions after `after` (up to `cap`), and how many there
+/// are, from the primary key alone; `None` when there are none.
+async fn positions_after(
+    tx: &mut PgConnection,
+    after: i64,
+    cap: i64,
+    limit: i64,
+) -> Result<Option<(i64, usize)>, sqlx::Error> {
+    let (upto, n): (Option<i64>, i64) = sqlx::query_as(
+        "SELECT max(position), count(*) FROM \
+         (SELECT position FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3) c",
+    )
+    .bind(after)
+    .bind(cap)
+    .bind(limit)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(upto.map(|u| (u, usize::try_from(n).unwrap_or(0))))
 }
 
 struct Checkpoint {
@@ -135,8 +300,8 @@ pub struct Consumer<P: Projection> {
     projection: P,
     cfg: ConsumerConfig,
     active: watch::Sender<bool>,
-    /// Set after a non-transient failure: go one event at a time until past `until`.
-    single_step_until: Option<i64>,
+    /// Set after a non-transient failure: where the failing event may be.
+    suspect: Option<Suspects>,
     failures_at: Option<(i64, u32)>,
     wake: Arc<Notify>,
 }
@@ -163,7 +328,7 @@ impl<P: Projection> Consumer<P> {
             projection,
             cfg,
             active,
-            single_step_until: None,
+            suspect: None,
             failures_at: None,
             wake: Arc::new(Notify::new()),
         }
@@ -188,7 +353,9 @@ impl<P: Projection> Consumer<P> {
         let started = Instant::now();
         let mut tx = self.pool.begin().await?;
         if !self.projection.durable_commit() {
-            sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
         }
         let cp = sqlx::query_as::<_, (i64, i64, Option<i64>)>(
             "SELECT position, epoch, paused_position FROM checkpoints WHERE consumer = $1 FOR UPDATE",
@@ -196,47 +363,112 @@ impl<P: Projection> Consumer<P> {
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?
-        .map(|(position, epoch, paused_position)| Checkpoint { position, epoch, paused_position });
+        .map(|(position, epoch, paused_position)| Checkpoint {
+            position,
+            epoch,
+            paused_position,
+        });
         let Some(cp) = cp else {
             tx.rollback().await?;
             ensure_checkpoint(&self.pool, self.projection.info()).await?;
             return Ok(Outcome::Fenced);
         };
-        metrics::gauge!("rig_consumer_paused", "consumer" => name).set(if cp.paused_position.is_some() { 1.0 } else { 0.0 });
+        metrics::gauge!("rig_consumer_paused", "consumer" => name).set(if cp.paused_position.is_some() {
+            1.0
+        } else {
+            0.0
+        });
         metrics::gauge!("rig_consumer_position", "consumer" => name).set(cp.position as f64);
         if let Some(p) = cp.paused_position {
             tx.commit().await?;
             return Ok(Outcome::Paused { position: p });
         }
-        let limit = match self.single_step_until {
-            Some(until) if cp.position < until => 1,
+
+        // What this transaction may read: normally up to `catch_up_events` in chunks of
+        // `batch_size`; after a failure, what precedes the suspects, or one suspect alone.
+        let batch = self.cfg.batch_size;
+        let most = batch.saturating_mul(self.projection.catch_up_chunks().max(1));
+        let (mut limit, mut cap, mut most) = match self.suspect {
+            Some(s) if cp.position < s.to && cp.position + 1 >= s.from => (1, i64::MAX, 1),
+            Some(s) if cp.position < s.to => (batch, s.from - 1, most),
             _ => {
-                self.single_step_until = None;
-                self.cfg.batch_size
+                self.suspect = None;
+                (batch, i64::MAX, most)
             }
         };
-        let events: Vec<StoredEvent> = sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
-        ))
-        .bind(cp.position)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        let Some(last) = events.last().map(|e| e.position) else {
+        self.projection.begin();
+        let mut position = cp.position;
+        let mut scanned = 0usize;
+        let mut applied = 0usize;
+        let mut first_applied: Option<i64> = None;
+        loop {
+            let chunk = self.read_chunk(&mut tx, position, cap, limit).await?;
+            let Some(upto) = chunk.upto else {
+                if scanned == 0 && cap != i64::MAX {
+                    // Nothing precedes the suspects any more: the first one goes alone.
+                    (limit, cap, most) = (1, i64::MAX, 1);
+                    continue;
+                }
+                break;
+            };
+            if let (Some(f), Some(l)) = (chunk.events.first(), chunk.events.last()) {
+                let (first, last) = (f.position, l.position);
+                first_applied.get_or_insert(first);
+                applied += chunk.events.len();
+                if let Err(err) = self.projection.apply(&mut tx, &chunk.events).await {
+                    // An unexplained error of a multi-event chunk: the culprit is in that chunk.
+                    let suspects = if chunk.events.len() == 1 {
+                        (first, first)
+                    } else {
+                        (first, last)
+                    };
+                    return self.failed(tx, cp.position, err, suspects, applied).await;
+                }
+            }
+            position = upto;
+            scanned += chunk.scanned;
+            if (chunk.scanned as i64) < limit || scanned as i64 >= most {
+                break;
+            }
+            // Behind: the rest of the batch streams in on a second connection, decoded while the
+            // chunks before it are applied.
+            let rest = self
+                .read_rest(&mut tx, position, cap, most - scanned as i64, limit)
+                .await?;
+            let Some(rest) = rest else { break };
+            let mut chunks = rest.chunks;
+            while let Some(chunk) = chunks.recv().await {
+                let events = chunk?;
+                let (Some(f), Some(l)) = (events.first(), events.last()) else {
+                    continue;
+                };
+                let (first, last) = (f.position, l.position);
+                first_applied.get_or_insert(first);
+                applied += events.len();
+                if let Err(err) = self.projection.apply(&mut tx, &events).await {
+                    let suspects = if events.len() == 1 {
+                        (first, first)
+                    } else {
+                        (first, last)
+                    };
+                    return self.failed(tx, cp.position, err, suspects, applied).await;
+                }
+            }
+            if !rest.reader.finished().await {
+                return Err(sqlx::Error::WorkerCrashed);
+            }
+            position = rest.upto;
+            scanned += rest.scanned;
+            break;
+        }
+        if scanned == 0 {
             tx.commit().await?;
             return Ok(Outcome::Idle { position: cp.position });
-        };
-        let first = events[0].position;
-        match self.projection.apply(&mut tx, &events).await {
-            Ok(()) => {}
-            Err(ApplyError::Db(e)) if is_transient(&e) => return Err(e),
-            Err(err) => {
-                let _ = tx.rollback().await;
-                let (position, error) = match err {
-                    ApplyError::Poison { position, error } => (position, error),
-                    ApplyError::Db(e) => (if events.len() == 1 { first } else { last }, e.to_string()),
-                };
-                return self.failed(cp.position, first, position, error, events.len()).await;
+        }
+        if let Some(first) = first_applied {
+            if let Err(err) = self.projection.flush(&mut tx).await {
+                // The write covers the whole batch: any event of it may be the culprit.
+                return self.failed(tx, cp.position, err, (first, position), applied).await;
             }
         }
         let moved = sqlx::query(
@@ -244,7 +476,7 @@ impl<P: Projection> Consumer<P> {
              WHERE consumer = $1 AND position = $3 AND epoch = $4",
         )
         .bind(name)
-        .bind(last)
+        .bind(position)
         .bind(cp.position)
         .bind(cp.epoch)
         .execute(&mut *tx)
@@ -258,35 +490,175 @@ impl<P: Projection> Consumer<P> {
         tx.commit().await?;
         self.failures_at = None;
         self.projection.after_commit();
-        metrics::counter!("rig_consumer_events_total", "consumer" => name).increment(events.len() as u64);
-        metrics::gauge!("rig_consumer_position", "consumer" => name).set(last as f64);
+        metrics::counter!("rig_consumer_events_total", "consumer" => name).increment(scanned as u64);
+        metrics::gauge!("rig_consumer_position", "consumer" => name).set(position as f64);
         metrics::histogram!("rig_consumer_batch_duration_seconds", "consumer" => name)
             .record(started.elapsed().as_secs_f64());
-        Ok(Outcome::Applied { events: events.len(), position: last })
+        Ok(Outcome::Applied {
+            events: scanned,
+            position,
+        })
     }
 
-    /// A non-transient failure: narrow it down to one event, retry that a few times, then pause.
+    /// Reads the next chunk: at most `limit` positions after `after` and up to `cap`, of which
+    /// only the wanted types are fetched.
+    async fn read_chunk(&self, tx: &mut PgConnection, after: i64, cap: i64, limit: i64) -> Result<Chunk, sqlx::Error> {
+        let lean = self.projection.lean_events();
+        let Some(types) = self.projection.event_types() else {
+            let sql = format!("{} LIMIT $3", self.select_events());
+            let events: Vec<StoredEvent> = sqlx::query(&sql)
+                .bind(after)
+                .bind(cap)
+                .bind(limit)
+                .try_map(|row: PgRow| decode_event(&row, lean))
+                .fetch_all(&mut *tx)
+                .await?;
+            let upto = events.last().map(|e| e.position);
+            let scanned = events.len();
+            return Ok(Chunk { events, upto, scanned });
+        };
+        let Some((upto, scanned)) = positions_after(tx, after, cap, limit).await? else {
+            return Ok(Chunk {
+                events: Vec::new(),
+                upto: None,
+                scanned: 0,
+            });
+        };
+        let events: Vec<StoredEvent> = sqlx::query(&self.select_events())
+            .bind(after)
+            .bind(upto)
+            .bind(types)
+            .try_map(|row: PgRow| decode_event(&row, lean))
+            .fetch_all(&mut *tx)
+            .await?;
+        Ok(Chunk {
+            events,
+            upto: Some(upto),
+            scanned,
+        })
+    }
+
+    /// The events after `$1` up to `$2` (and of the types in `$3`, when the projection says),
+    /// in position order.
+    fn select_events(&self) -> String {
+        let columns = if self.projection.lean_events() {
+            LEAN_COLUMNS
+        } else {
+            EVENT_COLUMNS
+        };
+        let types = if self.projection.event_types().is_some() {
+            " AND event_type = ANY($3)"
+        } else {
+            ""
+        };
+        format!("SELECT {columns} FROM events WHERE position > $1 AND position <= $2{types} ORDER BY position")
+    }
+
+    /// The rest of a catch-up batch: the next `most` positions after `after` (up to `cap`),
+    /// streamed by a reader task on its own connection into chunks of `limit` events. Its
+    /// snapshot sees every position up to `upto`: they are all committed already (ingest commits
+    /// in position order and `upto` is visible here).
+    async fn read_rest(
+        &self,
+        tx: &mut PgConnection,
+        after: i64,
+        cap: i64,
+        most: i64,
+        limit: i64,
+    ) -> Result<Option<Rest>, sqlx::Error> {
+        let Some((upto, scanned)) = positions_after(tx, after, cap, most).await? else {
+            return Ok(None);
+        };
+        let (send, chunks) = tokio::sync::mpsc::channel::<Result<Vec<StoredEvent>, sqlx::Error>>(2);
+        let (pool, sql, types, lean) = (
+            self.pool.clone(),
+            self.select_events(),
+            self.projection.event_types(),
+            self.projection.lean_events(),
+        );
+        let chunk_len = usize::try_from(limit).unwrap_or(1).max(1);
+        let reader = tokio::spawn(async move {
+            let mut conn = match pool.acquire().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = send.send(Err(e)).await;
+                    return;
+                }
+            };
+            let mut query = sqlx::query(&sql).bind(after).bind(upto);
+            if let Some(types) = types {
+                query = query.bind(types);
+            }
+            let mut rows = query.try_map(|row: PgRow| decode_event(&row, lean)).fetch(&mut *conn);
+            let mut chunk = Vec::with_capacity(chunk_len);
+            loop {
+                match rows.try_next().await {
+                    Ok(Some(event)) => {
+                        chunk.push(event);
+                        if chunk.len() == chunk_len {
+                            let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_len));
+                            if send.send(Ok(full)).await.is_err() {
+                                return; // the batch failed; nobody listens any more
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        if !chunk.is_empty() {
+                            let _ = send.send(Ok(chunk)).await;
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = send.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Some(Rest {
+            chunks,
+            reader: Reader(reader),
+            upto,
+            scanned,
+        }))
+    }
+
+    /// A batch failed. Transient database errors go back to the caller (backoff and retry);
+    /// anything else is narrowed down to one event, retried a few times alone, then the
+    /// consumer pauses on it. `suspects` is the range of positions that may hold the culprit;
+    /// `applied` how many events the failed transaction had applied.
     async fn failed(
         &mut self,
+        tx: sqlx::Transaction<'_, sqlx::Postgres>,
         checkpoint: i64,
-        first: i64,
-        position: i64,
-        error: String,
-        batch_len: usize,
+        err: ApplyError,
+        suspects: (i64, i64),
+        applied: usize,
     ) -> Result<Outcome, sqlx::Error> {
+        let _ = tx.rollback().await;
+        let ((from, to), error) = match err {
+            ApplyError::Db(e) if is_transient(&e) => return Err(e),
+            ApplyError::Db(e) => (suspects, e.to_string()),
+            ApplyError::Poison { position, error } => ((position, position), error),
+        };
         let name = self.name();
         metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => "handler").increment(1);
-        if batch_len > 1 || position != first {
-            // Find the culprit: from here on, one event per transaction until past it.
-            self.single_step_until = Some(position.max(first));
-            tracing::warn!(consumer = name, position, %error, "batch failed; retrying one event at a time");
-            return Ok(Outcome::Failed { position, error });
+        if from != to || applied > 1 {
+            // Apply what precedes the suspects in bulk, then the suspects one per transaction.
+            self.suspect = Some(Suspects { from, to });
+            tracing::warn!(consumer = name, from, to, %error, "batch failed; narrowing it down to the failing event");
+            return Ok(Outcome::Failed { position: to, error });
         }
+        let position = from;
         let attempts = match self.failures_at {
             Some((p, n)) if p == position => n + 1,
             _ => 1,
         };
         self.failures_at = Some((position, attempts));
+        self.suspect = Some(Suspects {
+            from: position,
+            to: position,
+        });
         if attempts < self.cfg.poison_attempts {
             tracing::warn!(consumer = name, position, attempt = attempts, %error, "event failed; will retry");
             return Ok(Outcome::Failed { position, error });
@@ -306,11 +678,10 @@ impl<P: Projection> Consumer<P> {
         .execute(&self.pool)
         .await?;
         self.failures_at = None;
-        self.single_step_until = None;
+        self.suspect = None;
         metrics::gauge!("rig_consumer_paused", "consumer" => name).set(1.0);
         Ok(Outcome::Paused { position })
     }
-
     /// Runs until `shutdown`: waits to become the active instance, then tails the log.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let name = self.name();
@@ -327,7 +698,8 @@ impl<P: Projection> Consumer<P> {
                 Err(e) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(consumer = name, error = %e, ?delay, "cannot reach the database; retrying");
-                    metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => "transient").increment(1);
+                    metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => "transient")
+                        .increment(1);
                     sleep_or_cancel(delay, &shutdown).await;
                     continue;
                 }
@@ -383,7 +755,8 @@ impl<P: Projection> Consumer<P> {
                 Err(e) if is_transient(&e) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(consumer = name, error = %e, ?delay, "transient database error; backing off");
-                    metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => "transient").increment(1);
+                    metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => "transient")
+                        .increment(1);
                     sleep_or_cancel(delay, shutdown).await;
                     if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
                         return Err(e);
@@ -422,8 +795,9 @@ impl<P: Projection> Consumer<P> {
             Outcome::Applied { position, .. } | Outcome::Idle { position } => Some(*position),
             _ => None,
         };
-        if let Ok(head) =
-            sqlx::query_scalar::<_, Option<i64>>("SELECT max(position) FROM events").fetch_one(&self.pool).await
+        if let Ok(head) = sqlx::query_scalar::<_, Option<i64>>("SELECT max(position) FROM events")
+            .fetch_one(&self.pool)
+            .await
         {
             let head = head.unwrap_or(0);
             metrics::gauge!("rig_consumer_head_position", "consumer" => name).set(head as f64);
@@ -441,8 +815,10 @@ impl<P: Projection> Consumer<P> {
         let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
         let mut logged = false;
         loop {
-            let got: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut conn).await?;
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await?;
             if got {
                 return Ok(Some(conn));
             }
@@ -561,7 +937,12 @@ pub enum SkipError {
     #[error("there is no event at position {0}")]
     NoEvent(i64),
     #[error("position {position} is not the next event of {consumer} (its checkpoint is {checkpoint}, next event {next:?}); skip only the event it stopped at")]
-    NotNext { consumer: String, position: i64, checkpoint: i64, next: Option<i64> },
+    NotNext {
+        consumer: String,
+        position: i64,
+        checkpoint: i64,
+        next: Option<i64>,
+    },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -575,7 +956,9 @@ pub async fn skip(pool: &PgPool, consumer: &str, position: i64) -> Result<(), Sk
             .bind(consumer)
             .fetch_optional(&mut *tx)
             .await?;
-    let Some((checkpoint, last_error)) = cp else { return Err(SkipError::NoCheckpoint(consumer.to_owned())) };
+    let Some((checkpoint, last_error)) = cp else {
+        return Err(SkipError::NoCheckpoint(consumer.to_owned()));
+    };
     let next: Option<i64> = sqlx::query_scalar("SELECT min(position) FROM events WHERE position > $1")
         .bind(checkpoint)
         .fetch_one(&mut *tx)
@@ -585,9 +968,16 @@ pub async fn skip(pool: &PgPool, consumer: &str, position: i64) -> Result<(), Sk
             .bind(position)
             .fetch_optional(&mut *tx)
             .await?;
-    let Some((event_id, event_type)) = event else { return Err(SkipError::NoEvent(position)) };
+    let Some((event_id, event_type)) = event else {
+        return Err(SkipError::NoEvent(position));
+    };
     if next != Some(position) {
-        return Err(SkipError::NotNext { consumer: consumer.to_owned(), position, checkpoint, next });
+        return Err(SkipError::NotNext {
+            consumer: consumer.to_owned(),
+            position,
+            checkpoint,
+            next,
+        });
     }
     sqlx::query(
         "INSERT INTO dead_letters (consumer, position, event_id, event_type, error) VALUES ($1, $2, $3, $4, $5) \
@@ -626,7 +1016,9 @@ pub struct ConsumerStatus {
 
 /// Status of every known consumer (and any other checkpoint row found).
 pub async fn status(pool: &PgPool) -> Result<Vec<ConsumerStatus>, sqlx::Error> {
-    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events").fetch_one(pool).await?;
+    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+        .fetch_one(pool)
+        .await?;
     let rows: Vec<(String, i64, Option<i64>, Option<String>)> =
         sqlx::query_as("SELECT consumer, position, paused_position, last_error FROM checkpoints")
             .fetch_all(pool)

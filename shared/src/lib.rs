@@ -1,6 +1,6 @@
 //! The library every rig-conductor binary stands on: the event catalog and its validation,
 //! stream ids, the issue-state fold, configuration, database access, the consumer runtime,
-//! the operations HTTP endpoints and telemetry.
+//! the TOKEN_USAGE pricing rule, the operations HTTP endpoints and telemetry.
 
 pub mod config;
 pub mod consumer;
@@ -13,6 +13,7 @@ pub mod pg;
 pub mod shutdown;
 pub mod stream_id;
 pub mod telemetry;
+pub mod usage;
 
 pub use config::Settings;
 pub use events::StoredEvent;

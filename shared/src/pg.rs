@@ -124,10 +124,30 @@ impl PrivateCluster {
         let cluster = PrivateCluster { dir: dir.clone(), port, bin, run_as };
         let data = dir.join("data");
         cluster.run("initdb", &["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D", path_str(&data)?])?;
-        let opts = format!("-p {port} -c listen_addresses=127.0.0.1 -k {}", path_str(&dir)?);
+        let opts = cluster.server_options()?;
         let log = dir.join("postgres.log");
         cluster.run("pg_ctl", &["-D", path_str(&data)?, "-o", &opts, "-l", path_str(&log)?, "-w", "start"])?;
         Ok(cluster)
+    }
+
+    /// Restarts the server (`pg_ctl restart -m fast`): every connection is cut, and the call
+    /// returns once the server accepts connections again, on the same port and options. For
+    /// fault tests; nobody else should share a cluster that gets restarted.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let data = self.dir.join("data");
+        let opts = self.server_options()?;
+        let log = self.dir.join("postgres.log");
+        // `-l` matters beyond the log: without it the new server would inherit our output pipes
+        // and `run` would wait for it to exit.
+        self.run(
+            "pg_ctl",
+            &["-D", path_str(&data)?, "-o", &opts, "-l", path_str(&log)?, "-m", "fast", "-w", "restart"],
+        )
+    }
+
+    /// The `postgres` options `pg_ctl -o` passes: the same at start and at every restart.
+    fn server_options(&self) -> anyhow::Result<String> {
+        Ok(format!("-p {} -c listen_addresses=127.0.0.1 -k {}", self.port, path_str(&self.dir)?))
     }
 
     fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {

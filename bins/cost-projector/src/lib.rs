@@ -1,0 +1,192 @@
+//! rig-cost-projector: tails the event log and keeps `daily_cost`, one row per (UTC day, repo,
+//! agent, model) with summed tokens, exact cost, event count and the events that could not be
+//! priced (SPEC §5).
+//!
+//! What it promises: the table always equals a fold of the `TOKEN_USAGE` events up to the
+//! checkpoint, because each batch is summed in memory and written with ONE upsert in the
+//! consumer runtime's transaction, together with the checkpoint. Cost follows
+//! `shared::usage::read_usage`, the same rule as the token-projector's. An event without
+//! `cost_usd` whose model has no price on its day counts 0 USD, in `unpriced_events` and in
+//! `rig_cost_unpriced_events_total`. Unreadable data pauses the consumer at that event.
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use shared::consumer::{ApplyError, ConsumerInfo, Projection, COST_PROJECTOR};
+use shared::events::{StoredEvent, TOKEN_USAGE};
+use shared::money::PriceTable;
+use shared::telemetry::PrometheusHandle;
+use shared::usage::{key_columns, read_usage, repo_of, RowSums, Totals};
+use shared::Settings;
+use sqlx::PgConnection;
+use std::collections::HashMap;
+use tokio_util::sync::CancellationToken;
+
+/// Connections: the batch transaction, its catch-up reader, the LISTEN connection, the head
+/// query and `/readyz`.
+const POOL_SIZE: u32 = 5;
+
+/// While behind, one transaction sums this many chunks of `consumer.batch_size` events before
+/// writing (50,000 events at the default 500): the write costs per row touched, not per event,
+/// so fewer, bigger transactions rebuild faster. Memory stays bounded by a few chunks plus one
+/// entry per row touched.
+const CATCH_UP_CHUNKS: i64 = 100;
+
+pub struct CostProjection {
+    prices: PriceTable,
+    /// Per day, then per (repo, agent, model): what the transaction in flight adds.
+    sums: HashMap<NaiveDate, RowSums>,
+    /// Unpriced events of the transaction in flight, exported once it commits (a rolled-back
+    /// batch is applied again and must not count twice).
+    unpriced_pending: u64,
+}
+
+impl CostProjection {
+    pub fn new(prices: PriceTable) -> Self {
+        // Exported from the start, so "no unpriced events" reads as 0 rather than as absent.
+        metrics::counter!("rig_cost_unpriced_events_total").increment(0);
+        CostProjection {
+            prices,
+            sums: HashMap::new(),
+            unpriced_pending: 0,
+        }
+    }
+}
+
+const UPSERT: &str = "\
+INSERT INTO daily_cost AS t (day, repo, agent_id, model, input_tokens, output_tokens, \
+    cache_read_tokens, cache_write_tokens, cost_usd, events, unpriced_events) \
+SELECT * FROM unnest($1::date[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
+    $7::int8[], $8::int8[], $9::numeric[], $10::int8[], $11::int8[]) \
+ON CONFLICT (day, repo, agent_id, model) DO UPDATE SET \
+    input_tokens = t.input_tokens + excluded.input_tokens, \
+    output_tokens = t.output_tokens + excluded.output_tokens, \
+    cache_read_tokens = t.cache_read_tokens + excluded.cache_read_tokens, \
+    cache_write_tokens = t.cache_write_tokens + excluded.cache_write_tokens, \
+    cost_usd = t.cost_usd + excluded.cost_usd, \
+    events = t.events + excluded.events, \
+    unpriced_events = t.unpriced_events + excluded.unpriced_events";
+
+impl Projection for CostProjection {
+    fn info(&self) -> &'static ConsumerInfo {
+        &COST_PROJECTOR
+    }
+
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[TOKEN_USAGE])
+    }
+
+    fn catch_up_chunks(&self) -> i64 {
+        CATCH_UP_CHUNKS
+    }
+
+    fn lean_events(&self) -> bool {
+        true
+    }
+
+    fn begin(&mut self) {
+        self.sums.clear();
+        self.unpriced_pending = 0;
+    }
+
+    async fn apply(&mut self, _tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ApplyError> {
+        for e in events.iter().filter(|e| e.event_type == TOKEN_USAGE) {
+            let poison = |error| ApplyError::Poison {
+                position: e.position,
+                error,
+            };
+            let u = read_usage(e, &self.prices).map_err(poison)?;
+            let repo = repo_of(&e.stream_id).map_err(poison)?;
+            self.sums
+                .entry(u.day)
+                .or_default()
+                .add(&[repo, u.agent_id, u.model], &u)
+                .map_err(poison)?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), ApplyError> {
+        let days: Vec<(NaiveDate, Vec<(String, Totals)>)> =
+            self.sums.iter_mut().map(|(day, sums)| (*day, sums.take())).collect();
+        self.sums.clear();
+        let n: usize = days.iter().map(|(_, rows)| rows.len()).sum();
+        if n == 0 {
+            return Ok(());
+        }
+        let (mut day_col, mut repos, mut agents, mut models) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut input, mut output, mut cache_read, mut cache_write) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut counts, mut unpriced) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut cost: Vec<Decimal> = Vec::with_capacity(n);
+        let mut unpriced_total = 0i64;
+        for (day, rows) in &days {
+            for (key, t) in rows {
+                let mut cols = key_columns(key);
+                day_col.push(*day);
+                repos.push(cols.next().unwrap_or_default());
+                agents.push(cols.next().unwrap_or_default());
+                models.push(cols.next().unwrap_or_default());
+                input.push(t.tokens.input);
+                output.push(t.tokens.output);
+                cache_read.push(t.tokens.cache_read);
+                cache_write.push(t.tokens.cache_write);
+                cost.push(t.cost_usd);
+                counts.push(t.events);
+                unpriced.push(t.unpriced_events);
+                unpriced_total += t.unpriced_events;
+            }
+        }
+        sqlx::query(UPSERT)
+            .bind(day_col)
+            .bind(repos)
+            .bind(agents)
+            .bind(models)
+            .bind(input)
+            .bind(output)
+            .bind(cache_read)
+            .bind(cache_write)
+            .bind(cost)
+            .bind(counts)
+            .bind(unpriced)
+            .execute(&mut *tx)
+            .await?;
+        self.unpriced_pending = u64::try_from(unpriced_total).unwrap_or(0);
+        Ok(())
+    }
+
+    fn after_commit(&mut self) {
+        if self.unpriced_pending > 0 {
+            metrics::counter!("rig_cost_unpriced_events_total").increment(self.unpriced_pending);
+            self.unpriced_pending = 0;
+        }
+    }
+}
+
+/// Serves the operations endpoints and runs the consumer (active or hot standby) until `shutdown`.
+pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = shared::db::pool(settings.database_url.expose(), POOL_SIZE)?;
+    let ops = shared::ops::router(shared::ops::OpsState {
+        pool: pool.clone(),
+        metrics,
+    });
+    let (addr, server) = shared::ops::serve(settings.cost_projector.metrics_listen, ops, shutdown.clone()).await?;
+    tracing::info!(%addr, "rig-cost-projector serving /metrics, /healthz, /readyz");
+    let projection = CostProjection::new(PriceTable::new(&settings.prices));
+    let cfg = shared::consumer::ConsumerConfig::from_settings(&settings.consumer);
+    let result = shared::consumer::Consumer::new(pool, projection, cfg)
+        .run(shutdown.clone())
+        .await;
+    // The server stops with the consumer, whichever way it ended.
+    shutdown.cancel();
+    server.await?;
+    result
+}

@@ -1,0 +1,62 @@
+//! rig-notifier: posts chosen events (`notifier.events`) to a Discord webhook (SPEC §5).
+//!
+//! Discord webhooks have no idempotency key, so delivery goes through an outbox: the
+//! [`outbox`] projection writes one rendered message per chosen event in the same transaction
+//! as the consumer's checkpoint, and the [`sender`] posts them afterwards, only in the active
+//! instance, marking each sent with Discord's message id. A fresh start or a reset begins at
+//! the head of the log: history is never posted. [`render`] keeps every message within
+//! Discord's limits whatever the event data holds.
+
+pub mod outbox;
+pub mod render;
+pub mod sender;
+
+use anyhow::bail;
+use secrecy::ExposeSecret;
+use shared::consumer::{Consumer, ConsumerConfig};
+use shared::telemetry::PrometheusHandle;
+use shared::Settings;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Connections: the batch transaction, the head query, the sender, `/readyz`, LISTEN.
+const POOL_SIZE: u32 = 5;
+
+/// Serves the ops endpoints, fills the outbox and delivers it until `shutdown`.
+pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let n = &settings.notifier;
+    let webhook = match (&n.discord_webhook_url, n.dry_run) {
+        (Some(url), _) => Some(sender::Webhook::parse(url.expose_secret())?),
+        (None, true) => None,
+        (None, false) => bail!(
+            "notifier.discord_webhook_url is not set, so there is nowhere to post. Set it \
+             (RIG_NOTIFIER__DISCORD_WEBHOOK_URL=https://discord.com/api/webhooks/<id>/<token>), or set \
+             notifier.dry_run = true (RIG_NOTIFIER__DRY_RUN=true) to log the messages instead"
+        ),
+    };
+    let pool = shared::db::pool(settings.database_url.expose(), POOL_SIZE)?;
+    let ops = shared::ops::router(shared::ops::OpsState {
+        pool: pool.clone(),
+        metrics,
+    });
+    let (addr, server) = shared::ops::serve(n.metrics_listen, ops, shutdown.clone()).await?;
+    tracing::info!(%addr, events = ?n.events, dry_run = n.dry_run, "rig-notifier serving /metrics, /healthz, /readyz");
+    if n.dry_run {
+        tracing::warn!("notifier.dry_run = true: messages are logged, not posted");
+    }
+    let wake = Arc::new(Notify::new());
+    let consumer = Consumer::new(
+        pool.clone(),
+        outbox::OutboxProjection::new(&n.events, wake.clone()),
+        ConsumerConfig::from_settings(&settings.consumer),
+    );
+    let sender = sender::Sender::new(pool, webhook, n.dry_run, wake, settings.consumer.poll_interval)?;
+    let send_task = tokio::spawn(sender.run(consumer.active_watch(), shutdown.clone()));
+    let result = consumer.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = send_task.await;
+    let _ = server.await;
+    tracing::info!("rig-notifier stopped");
+    result
+}

@@ -1,0 +1,46 @@
+//! rig-stale-heartbeat: finds issues whose agent went quiet and asks ingest to append
+//! `AGENT_STUCK` + `ISSUE_UNASSIGNED` for them (SPEC §5).
+//!
+//! Two parts share one process: the [`projection`] tails the log through the consumer runtime
+//! and keeps `stale_heartbeat_issues` (held issues and their last sign of life), and the
+//! [`checker`] looks for quiet issues every `check_interval`, only while this instance is the
+//! active one (a hot standby runs neither). It never writes `events` itself: ingest does.
+
+pub mod checker;
+pub mod projection;
+
+use shared::consumer::{Consumer, ConsumerConfig};
+use shared::telemetry::PrometheusHandle;
+use shared::Settings;
+use tokio_util::sync::CancellationToken;
+
+/// Connections: the batch transaction, the head query, the checker, `/readyz`, LISTEN.
+const POOL_SIZE: u32 = 5;
+
+/// Serves the ops endpoints, tails the log and checks for stale issues until `shutdown`.
+pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = shared::db::pool(settings.database_url.expose(), POOL_SIZE)?;
+    let ops = shared::ops::router(shared::ops::OpsState {
+        pool: pool.clone(),
+        metrics,
+    });
+    let (addr, server) = shared::ops::serve(settings.stale_heartbeat.metrics_listen, ops, shutdown.clone()).await?;
+    tracing::info!(
+        %addr, threshold = ?settings.stale_heartbeat.threshold, check_interval = ?settings.stale_heartbeat.check_interval,
+        "rig-stale-heartbeat serving /metrics, /healthz, /readyz"
+    );
+    let checker = checker::Checker::new(pool.clone(), &settings.stale_heartbeat)?;
+    let consumer = Consumer::new(
+        pool,
+        projection::StaleHeartbeatProjection,
+        ConsumerConfig::from_settings(&settings.consumer),
+    );
+    let check_task = tokio::spawn(checker.run(consumer.active_watch(), shutdown.clone()));
+    let result = consumer.run(shutdown.clone()).await;
+    // The checker follows the consumer: if the consumer stopped on its own, stop it too.
+    shutdown.cancel();
+    let _ = check_task.await;
+    let _ = server.await;
+    tracing::info!("rig-stale-heartbeat stopped");
+    result
+}

@@ -1,0 +1,156 @@
+//! rig-token-projector: tails the event log and keeps `token_usage`, one row per
+//! (stream, agent, model) with summed tokens, exact cost and event count (SPEC §5).
+//!
+//! What it promises: the table always equals a fold of the `TOKEN_USAGE` events up to the
+//! checkpoint, because each batch is summed in memory and written with ONE upsert in the
+//! consumer runtime's transaction, together with the checkpoint. The cost rule is
+//! `shared::usage::read_usage`, the one the cost-projector uses too. Other event types are never
+//! fetched; the checkpoint still moves past them. An event whose data cannot be read pauses the
+//! consumer at that position (`rigctl skip` dead-letters it); it is never counted as zero.
+
+use rust_decimal::Decimal;
+use shared::consumer::{ApplyError, ConsumerInfo, Projection, TOKEN_PROJECTOR};
+use shared::events::{StoredEvent, TOKEN_USAGE};
+use shared::money::PriceTable;
+use shared::telemetry::PrometheusHandle;
+use shared::usage::{key_columns, read_usage, RowSums};
+use shared::Settings;
+use sqlx::PgConnection;
+use tokio_util::sync::CancellationToken;
+
+/// Connections: the batch transaction, its catch-up reader, the LISTEN connection, the head
+/// query and `/readyz`.
+const POOL_SIZE: u32 = 5;
+
+/// While behind, one transaction sums this many chunks of `consumer.batch_size` events before
+/// writing (50,000 events at the default 500): the write costs per row touched, not per event,
+/// so fewer, bigger transactions rebuild faster. Memory stays bounded by a few chunks plus one
+/// entry per row touched.
+const CATCH_UP_CHUNKS: i64 = 100;
+
+pub struct TokenProjection {
+    prices: PriceTable,
+    /// Per (stream, agent, model): what the transaction in flight adds.
+    sums: RowSums,
+}
+
+impl TokenProjection {
+    pub fn new(prices: PriceTable) -> Self {
+        TokenProjection {
+            prices,
+            sums: RowSums::default(),
+        }
+    }
+}
+
+const UPSERT: &str = "\
+INSERT INTO token_usage AS t (stream_id, agent_id, model, input_tokens, output_tokens, \
+    cache_read_tokens, cache_write_tokens, cost_usd, events) \
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], \
+    $7::int8[], $8::numeric[], $9::int8[]) \
+ON CONFLICT (stream_id, agent_id, model) DO UPDATE SET \
+    input_tokens = t.input_tokens + excluded.input_tokens, \
+    output_tokens = t.output_tokens + excluded.output_tokens, \
+    cache_read_tokens = t.cache_read_tokens + excluded.cache_read_tokens, \
+    cache_write_tokens = t.cache_write_tokens + excluded.cache_write_tokens, \
+    cost_usd = t.cost_usd + excluded.cost_usd, \
+    events = t.events + excluded.events";
+
+impl Projection for TokenProjection {
+    fn info(&self) -> &'static ConsumerInfo {
+        &TOKEN_PROJECTOR
+    }
+
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[TOKEN_USAGE])
+    }
+
+    fn catch_up_chunks(&self) -> i64 {
+        CATCH_UP_CHUNKS
+    }
+
+    fn lean_events(&self) -> bool {
+        true
+    }
+
+    fn begin(&mut self) {
+        self.sums.clear();
+    }
+
+    async fn apply(&mut self, _tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ApplyError> {
+        for e in events.iter().filter(|e| e.event_type == TOKEN_USAGE) {
+            let poison = |error| ApplyError::Poison {
+                position: e.position,
+                error,
+            };
+            let u = read_usage(e, &self.prices).map_err(poison)?;
+            self.sums
+                .add(&[&e.stream_id, u.agent_id, u.model], &u)
+                .map_err(poison)?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), ApplyError> {
+        if self.sums.is_empty() {
+            return Ok(());
+        }
+        let rows = self.sums.take();
+        let n = rows.len();
+        let (mut streams, mut agents, mut models) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut input, mut output, mut cache_read, mut cache_write, mut counts) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let mut cost: Vec<Decimal> = Vec::with_capacity(n);
+        for (key, t) in &rows {
+            let mut cols = key_columns(key);
+            streams.push(cols.next().unwrap_or_default());
+            agents.push(cols.next().unwrap_or_default());
+            models.push(cols.next().unwrap_or_default());
+            input.push(t.tokens.input);
+            output.push(t.tokens.output);
+            cache_read.push(t.tokens.cache_read);
+            cache_write.push(t.tokens.cache_write);
+            cost.push(t.cost_usd);
+            counts.push(t.events);
+        }
+        sqlx::query(UPSERT)
+            .bind(streams)
+            .bind(agents)
+            .bind(models)
+            .bind(input)
+            .bind(output)
+            .bind(cache_read)
+            .bind(cache_write)
+            .bind(cost)
+            .bind(counts)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Serves the operations endpoints and runs the consumer (active or hot standby) until `shutdown`.
+pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = shared::db::pool(settings.database_url.expose(), POOL_SIZE)?;
+    let ops = shared::ops::router(shared::ops::OpsState {
+        pool: pool.clone(),
+        metrics,
+    });
+    let (addr, server) = shared::ops::serve(settings.token_projector.metrics_listen, ops, shutdown.clone()).await?;
+    tracing::info!(%addr, "rig-token-projector serving /metrics, /healthz, /readyz");
+    let projection = TokenProjection::new(PriceTable::new(&settings.prices));
+    let cfg = shared::consumer::ConsumerConfig::from_settings(&settings.consumer);
+    let result = shared::consumer::Consumer::new(pool, projection, cfg)
+        .run(shutdown.clone())
+        .await;
+    // The server stops with the consumer, whichever way it ended.
+    shutdown.cancel();
+    server.await?;
+    result
+}

@@ -1,0 +1,313 @@
+//! Reading a `TOKEN_USAGE` event and pricing it: the one rule both projectors (token-projector,
+//! cost-projector) apply, so their totals can never disagree.
+//!
+//! What it promises: the cost of an event is its own `cost_usd` when given (read exactly, JSON
+//! numbers through their shortest decimal form), else the price table's row in force on the
+//! event's day, else 0 USD flagged `unpriced`. The day is the UTC date of `occurred_at`, else of
+//! `recorded_at`. Data that cannot be read (wrong types that bypassed ingest's validation) is an
+//! error naming the field: the caller treats the event as poison, never as zero.
+
+use crate::events::StoredEvent;
+use crate::money::{decimal_from_json, PriceTable, Tokens};
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+/// One `TOKEN_USAGE` event, read and priced. Borrows its strings from the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage<'e> {
+    pub agent_id: &'e str,
+    pub model: &'e str,
+    pub tokens: Tokens,
+    /// Exact; 0 when `unpriced`.
+    pub cost_usd: Decimal,
+    /// The event had no `cost_usd` and its model no price row on `day`.
+    pub unpriced: bool,
+    /// UTC date of `occurred_at`, else of `recorded_at`.
+    pub day: NaiveDate,
+}
+
+/// Reads and prices a `TOKEN_USAGE` event. The error says which field is wrong and how.
+pub fn read_usage<'e>(event: &'e StoredEvent, prices: &PriceTable) -> Result<Usage<'e>, String> {
+    let Some(data) = event.data.as_object() else {
+        return Err("TOKEN_USAGE: data is not a JSON object".to_owned());
+    };
+    let agent_id = text(data, "agent_id")?;
+    let model = text(data, "model")?;
+    let tokens = Tokens {
+        input: count(data, "input_tokens", true)?,
+        output: count(data, "output_tokens", true)?,
+        cache_read: count(data, "cache_read_tokens", false)?,
+        cache_write: count(data, "cache_write_tokens", false)?,
+    };
+    let day = event.occurred_at.unwrap_or(event.recorded_at).date_naive();
+    let given = match data.get("cost_usd") {
+        None | Some(Value::Null) => None,
+        Some(v) => match decimal_from_json(v) {
+            Some(d) if !d.is_sign_negative() => Some(d),
+            _ => {
+                return Err(format!(
+                    "TOKEN_USAGE: data.cost_usd must be a decimal amount >= 0, found {v}"
+                ))
+            }
+        },
+    };
+    let (cost_usd, unpriced) = match given {
+        Some(d) => (d, false),
+        None => match prices.cost(model, day, tokens) {
+            Some(d) => (d, false),
+            None => (Decimal::ZERO, true),
+        },
+    };
+    Ok(Usage {
+        agent_id,
+        model,
+        tokens,
+        cost_usd,
+        unpriced,
+        day,
+    })
+}
+
+/// Sums of usages that share a key (a table row): what a batch adds to that row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub tokens: Tokens,
+    pub cost_usd: Decimal,
+    pub events: i64,
+    pub unpriced_events: i64,
+}
+
+impl Totals {
+    /// Adds one usage; an overflow is an error (the event cannot be applied), never a wrap.
+    pub fn add(&mut self, u: &Usage<'_>) -> Result<(), String> {
+        let sum = |a: i64, b: i64, what: &str| {
+            a.checked_add(b)
+                .ok_or_else(|| format!("TOKEN_USAGE: {what} overflow the 64-bit total"))
+        };
+        self.tokens.input = sum(self.tokens.input, u.tokens.input, "input_tokens")?;
+        self.tokens.output = sum(self.tokens.output, u.tokens.output, "output_tokens")?;
+        self.tokens.cache_read = sum(self.tokens.cache_read, u.tokens.cache_read, "cache_read_tokens")?;
+        self.tokens.cache_write = sum(self.tokens.cache_write, u.tokens.cache_write, "cache_write_tokens")?;
+        self.cost_usd = self
+            .cost_usd
+            .checked_add(u.cost_usd)
+            .ok_or_else(|| "TOKEN_USAGE: cost_usd overflows the decimal total".to_owned())?;
+        self.events += 1;
+        self.unpriced_events += i64::from(u.unpriced);
+        Ok(())
+    }
+}
+
+/// Totals per table row, gathered over a batch. A row's text key columns are joined by NUL
+/// into one string (neither Postgres text nor jsonb strings can hold NUL), so an event costs a
+/// lookup and no allocation unless its row is new.
+#[derive(Debug, Default)]
+pub struct RowSums {
+    rows: HashMap<String, Totals>,
+    key: String,
+}
+
+impl RowSums {
+    pub fn add(&mut self, key: &[&str], u: &Usage<'_>) -> Result<(), String> {
+        self.key.clear();
+        for (i, part) in key.iter().enumerate() {
+            if i > 0 {
+                self.key.push('\0');
+            }
+            self.key.push_str(part);
+        }
+        match self.rows.get_mut(self.key.as_str()) {
+            Some(t) => t.add(u),
+            None => self.rows.entry(self.key.clone()).or_default().add(u),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.rows.clear();
+    }
+
+    /// Takes the rows out: each key (split back into its columns) with its totals.
+    pub fn take(&mut self) -> Vec<(String, Totals)> {
+        self.rows.drain().collect()
+    }
+}
+
+/// Splits a `RowSums` key back into its columns.
+pub fn key_columns(key: &str) -> std::str::Split<'_, char> {
+    key.split('\0')
+}
+
+/// The `owner/repo` of an issue stream, `""` for an agent stream (the cost-projector's `repo`).
+pub fn repo_of(stream_id: &str) -> Result<&str, String> {
+    if stream_id.starts_with("agent:") {
+        return Ok("");
+    }
+    match stream_id.rsplit_once('#') {
+        Some((repo, _)) if !repo.is_empty() => Ok(repo),
+        _ => Err(format!(
+            "stream_id {stream_id:?} is neither an issue nor an agent stream"
+        )),
+    }
+}
+
+fn text<'e>(data: &'e Map<String, Value>, field: &str) -> Result<&'e str, String> {
+    match data.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        None | Some(Value::Null) => Err(format!("TOKEN_USAGE: data.{field} is missing")),
+        Some(v) => Err(format!(
+            "TOKEN_USAGE: data.{field} must be a non-empty string, found {}",
+            short(v)
+        )),
+    }
+}
+
+/// A token count: an integer from 0 to i64::MAX. Optional counts default to 0.
+fn count(data: &Map<String, Value>, field: &str, required: bool) -> Result<i64, String> {
+    match data.get(field) {
+        None | Some(Value::Null) if !required => Ok(0),
+        None | Some(Value::Null) => Err(format!("TOKEN_USAGE: data.{field} is missing")),
+        Some(v) => v
+            .as_i64()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| format!("TOKEN_USAGE: data.{field} must be an integer >= 0, found {}", short(v))),
+    }
+}
+
+/// A value for an error message, cut short: poison data can be large.
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() <= 60 {
+        s
+    } else {
+        format!("{}…", s.chars().take(60).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::money::Price;
+    use chrono::{DateTime, Utc};
+    use serde_json::json;
+    use std::str::FromStr;
+
+    fn event(data: Value, occurred_at: Option<&str>) -> StoredEvent {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        StoredEvent {
+            position: 1,
+            stream_id: "acme/widgets#1".into(),
+            version: 1,
+            event_id: uuid::Uuid::nil(),
+            event_type: "TOKEN_USAGE".into(),
+            schema_version: 1,
+            data,
+            metadata: json!({}),
+            occurred_at: occurred_at.map(t),
+            recorded_at: t("2025-10-05T23:59:59Z"),
+        }
+    }
+
+    fn prices() -> PriceTable {
+        let d = |s| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let dec = |s| Decimal::from_str(s).unwrap();
+        PriceTable::new(&[
+            Price {
+                model: "m".into(),
+                effective_from: d("2025-10-01"),
+                input_per_mtok: dec("3.00"),
+                output_per_mtok: dec("15"),
+                cache_read_per_mtok: dec("0.30"),
+                cache_write_per_mtok: dec("3.75"),
+            },
+            Price {
+                model: "m".into(),
+                effective_from: d("2025-10-05"),
+                input_per_mtok: dec("1"),
+                output_per_mtok: dec("1"),
+                cache_read_per_mtok: dec("0"),
+                cache_write_per_mtok: dec("0"),
+            },
+        ])
+    }
+
+    #[test]
+    fn cost_comes_from_the_event_then_the_price_in_force_then_zero() {
+        let data = json!({"agent_id": "a", "model": "m", "input_tokens": 1_000_000, "output_tokens": 2,
+                          "cache_read_tokens": 10, "cache_write_tokens": null});
+        let prices = prices();
+        let e = event(data.clone(), Some("2025-10-04T12:00:00+02:00"));
+        let u = read_usage(&e, &prices).unwrap();
+        assert_eq!(u.day.to_string(), "2025-10-04");
+        assert_eq!(
+            u.tokens,
+            Tokens {
+                input: 1_000_000,
+                output: 2,
+                cache_read: 10,
+                cache_write: 0
+            }
+        );
+        assert_eq!(u.cost_usd, Decimal::from_str("3.000033").unwrap());
+        assert!(!u.unpriced);
+
+        // No occurred_at: the day is recorded_at's, where the newer price is in force.
+        let e = event(data.clone(), None);
+        let u = read_usage(&e, &prices).unwrap();
+        assert_eq!(u.day.to_string(), "2025-10-05");
+        assert_eq!(u.cost_usd, Decimal::from_str("1.000002").unwrap());
+
+        let mut with_cost = data.clone();
+        with_cost["cost_usd"] = json!(0.1);
+        assert_eq!(
+            read_usage(&event(with_cost.clone(), None), &prices)
+                .unwrap()
+                .cost_usd
+                .to_string(),
+            "0.1"
+        );
+        with_cost["cost_usd"] = json!("0.30");
+        assert_eq!(
+            read_usage(&event(with_cost, None), &prices)
+                .unwrap()
+                .cost_usd
+                .to_string(),
+            "0.30"
+        );
+
+        let e = event(data, Some("2025-09-30T23:00:00Z"));
+        let before = read_usage(&e, &prices).unwrap();
+        assert!(before.unpriced);
+        assert_eq!(before.cost_usd, Decimal::ZERO);
+    }
+
+    #[test]
+    fn unreadable_data_is_an_error_naming_the_field() {
+        let bad = |data: Value| read_usage(&event(data, None), &prices()).unwrap_err();
+        let e = bad(json!({"agent_id": "a", "model": "m", "input_tokens": "lots", "output_tokens": 1}));
+        assert!(e.contains("input_tokens") && e.contains("\"lots\""), "{e}");
+        assert!(bad(json!({"agent_id": "a", "model": "m", "input_tokens": 1})).contains("output_tokens is missing"));
+        assert!(bad(json!({"agent_id": 5, "model": "m", "input_tokens": 1, "output_tokens": 1})).contains("agent_id"));
+        let e = bad(json!({"agent_id": "a", "model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": "-1"}));
+        assert!(e.contains("cost_usd"), "{e}");
+        assert!(bad(json!({"agent_id": "a", "model": "m", "input_tokens": -1, "output_tokens": 1})).contains(">= 0"));
+        assert!(bad(json!([1])).contains("not a JSON object"));
+    }
+
+    #[test]
+    fn repo_is_owner_slash_repo_or_empty_for_agents() {
+        assert_eq!(repo_of("acme/widgets#88").unwrap(), "acme/widgets");
+        assert_eq!(repo_of("agent:dev-1").unwrap(), "");
+        assert!(repo_of("nonsense").is_err());
+    }
+}
