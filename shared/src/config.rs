@@ -67,9 +67,13 @@ impl std::fmt::Debug for DatabaseUrl {
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 pub fn redact_url_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
     let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.find('@') else { return url.to_owned() };
+    let Some(at) = rest.find('@') else {
+        return url.to_owned();
+    };
     let creds = &rest[..at];
     match creds.find(':') {
         Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &creds[..colon], &rest[at..]),
@@ -106,9 +110,9 @@ impl Default for IngestSettings {
 impl IngestSettings {
     /// True when `token` is one of the configured tokens (constant time per candidate).
     pub fn token_ok(&self, token: &str) -> bool {
-        self.auth_tokens
-            .iter()
-            .fold(false, |ok, t| ok | constant_time_eq(t.expose_secret().as_bytes(), token.as_bytes()))
+        self.auth_tokens.iter().fold(false, |ok, t| {
+            ok | constant_time_eq(t.expose_secret().as_bytes(), token.as_bytes())
+        })
     }
 }
 
@@ -148,7 +152,10 @@ pub struct ConsumerSettings {
 
 impl Default for ConsumerSettings {
     fn default() -> Self {
-        ConsumerSettings { batch_size: 500, poll_interval: Duration::from_secs(1) }
+        ConsumerSettings {
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -160,7 +167,9 @@ pub struct WorkerSettings {
 
 impl WorkerSettings {
     fn on(port: u16) -> Self {
-        WorkerSettings { metrics_listen: SocketAddr::from(([127, 0, 0, 1], port)) }
+        WorkerSettings {
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
     }
 }
 
@@ -202,9 +211,16 @@ impl Default for NotifierSettings {
         NotifierSettings {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9105)),
             discord_webhook_url: None,
-            events: ["AGENT_STUCK", "CI_FAILED", "HUMAN_GATE_TRIGGERED", "ESCALATED", "MERGED", "ISSUE_DONE"]
-                .map(String::from)
-                .to_vec(),
+            events: [
+                "AGENT_STUCK",
+                "CI_FAILED",
+                "HUMAN_GATE_TRIGGERED",
+                "ESCALATED",
+                "MERGED",
+                "ISSUE_DONE",
+            ]
+            .map(String::from)
+            .to_vec(),
             dry_run: false,
         }
     }
@@ -235,7 +251,9 @@ impl Settings {
         let mut fig = Figment::new().merge(Toml::file_exact(toml_path)).merge(
             // RIG_CONFIG and RIG_LOG_FORMAT steer the process, they are not settings; nor is
             // RIG_SIMULATE_TOKEN, the token `rigctl simulate` sends (read by clap).
-            Env::prefixed("RIG_").ignore(&["config", "log_format", "simulate_token"]).split("__"),
+            Env::prefixed("RIG_")
+                .ignore(&["config", "log_format", "simulate_token"])
+                .split("__"),
         );
         if let Ok(url) = std::env::var("DATABASE_URL") {
             fig = fig.merge(("database_url", url));
@@ -244,7 +262,9 @@ impl Settings {
     }
 
     pub fn extract(fig: Figment) -> Result<Settings, ConfigError> {
-        let s: Settings = fig.extract().map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        let s: Settings = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
         s.validate()?;
         Ok(s)
     }
@@ -262,7 +282,12 @@ impl Settings {
         if self.ingest.max_batch_requests == 0 {
             return bad("ingest.max_batch_requests", "expected at least 1");
         }
-        if self.ingest.auth_tokens.iter().any(|t| t.expose_secret().trim().is_empty()) {
+        if self
+            .ingest
+            .auth_tokens
+            .iter()
+            .any(|t| t.expose_secret().trim().is_empty())
+        {
             return bad("ingest.auth_tokens", "expected non-empty tokens");
         }
         if let Err(e) = regex::Regex::new(&self.ingest.github.branch_issue_pattern) {
@@ -275,10 +300,16 @@ impl Settings {
             return bad("consumer.poll_interval", "expected a duration above zero, e.g. \"1s\"");
         }
         if self.stale_heartbeat.threshold.is_zero() {
-            return bad("stale_heartbeat.threshold", "expected a duration above zero, e.g. \"30m\"");
+            return bad(
+                "stale_heartbeat.threshold",
+                "expected a duration above zero, e.g. \"30m\"",
+            );
         }
         if self.stale_heartbeat.check_interval.is_zero() {
-            return bad("stale_heartbeat.check_interval", "expected a duration above zero, e.g. \"60s\"");
+            return bad(
+                "stale_heartbeat.check_interval",
+                "expected a duration above zero, e.g. \"60s\"",
+            );
         }
         let u = &self.stale_heartbeat.ingest_url;
         if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -315,8 +346,16 @@ impl Settings {
 fn describe_figment_error(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
-            let key = if e.path.is_empty() { "(top level)".to_owned() } else { e.path.join(".") };
-            let source = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+            let key = if e.path.is_empty() {
+                "(top level)".to_owned()
+            } else {
+                e.path.join(".")
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
             format!("{key}: {}{source}", e.kind)
         })
         .collect::<Vec<_>>()
@@ -351,15 +390,19 @@ mod tests {
     fn bad_values_name_their_key() {
         let e = from_toml("[ingest]\nlisten = \"nope\"").unwrap_err().to_string();
         assert!(e.contains("ingest.listen"), "{e}");
-        let e = from_toml("[consumer]\npoll_interval = \"soon\"").unwrap_err().to_string();
+        let e = from_toml("[consumer]\npoll_interval = \"soon\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("consumer.poll_interval"), "{e}");
         let e = from_toml("[consumer]\nbatch_size = 0").unwrap_err().to_string();
         assert!(e.contains("consumer.batch_size"), "{e}");
         let e = from_toml("[ingest]\nlisen = \"x\"").unwrap_err().to_string();
         assert!(e.contains("lisen"), "{e}");
-        let e = from_toml("[[prices]]\nmodel = \"m\"\neffective_from = \"2025-01-01\"\ninput_per_mtok = \"-1\"\noutput_per_mtok = 1")
-            .unwrap_err()
-            .to_string();
+        let e = from_toml(
+            "[[prices]]\nmodel = \"m\"\neffective_from = \"2025-01-01\"\ninput_per_mtok = \"-1\"\noutput_per_mtok = 1",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("prices"), "{e}");
     }
 
@@ -379,8 +422,14 @@ mod tests {
             Figment::new()
                 .merge(Serialized::default("ingest.auth_tokens", vec!["tok-very-secret"]))
                 .merge(Serialized::default("ingest.github.webhook_secret", "hook-very-secret"))
-                .merge(Serialized::default("notifier.discord_webhook_url", "https://discord.test/api/webhooks/1/very-secret"))
-                .merge(Serialized::default("stale_heartbeat.ingest_token", "ingest-very-secret"))
+                .merge(Serialized::default(
+                    "notifier.discord_webhook_url",
+                    "https://discord.test/api/webhooks/1/very-secret",
+                ))
+                .merge(Serialized::default(
+                    "stale_heartbeat.ingest_token",
+                    "ingest-very-secret",
+                ))
                 .merge(Serialized::default("database_url", "postgres://u:pw-very-secret@h/db")),
         )
         .unwrap();

@@ -384,7 +384,7 @@ impl<P: Projection> Consumer<P> {
             return Ok(Outcome::Paused { position: p });
         }
 
-        // What this transaction may read: normally up to `catch_up_events` in chunks of
+        // What this transaction may read: normally up to `catch_up_chunks` chunks of
         // `batch_size`; after a failure, what precedes the suspects, or one suspect alone.
         let batch = self.cfg.batch_size;
         let most = batch.saturating_mul(self.projection.catch_up_chunks().max(1));

@@ -99,21 +99,47 @@ fn spec(event_type: &str) -> Option<Spec> {
         HEARTBEAT => s(&[("agent_id", Str)], &[("status", Str), ("current_issue", StrOrInt)]),
         AGENT_STUCK => s(
             &[("agent_id", Str)],
-            &[("reason", Str), ("elapsed_seconds", NonNegNumber), ("last_heartbeat_at", Timestamp)],
+            &[
+                ("reason", Str),
+                ("elapsed_seconds", NonNegNumber),
+                ("last_heartbeat_at", Timestamp),
+            ],
         ),
         BRANCH_CREATED => s(&[("branch", Str)], &[("agent_id", Str)]),
-        PR_CREATED => s(&[("pr_number", PositiveInt)], &[("pr_url", Str), ("branch", Str), ("agent_id", Str)]),
+        PR_CREATED => s(
+            &[("pr_number", PositiveInt)],
+            &[("pr_url", Str), ("branch", Str), ("agent_id", Str)],
+        ),
         CI_PASSED => s(&[], &[("pr_number", PositiveInt), ("run_id", StrOrInt)]),
-        CI_FAILED => s(&[], &[("pr_number", PositiveInt), ("run_id", StrOrInt), ("failed_checks", StrArray)]),
+        CI_FAILED => s(
+            &[],
+            &[
+                ("pr_number", PositiveInt),
+                ("run_id", StrOrInt),
+                ("failed_checks", StrArray),
+            ],
+        ),
         REVIEW_ASSIGNED | REVIEW_PASSED => s(&[], &[("reviewer", Str), ("pr_number", PositiveInt)]),
-        REVIEW_DISPUTED => s(&[], &[("reviewer", Str), ("pr_number", PositiveInt), ("attempt", Count)]),
+        REVIEW_DISPUTED => s(
+            &[],
+            &[("reviewer", Str), ("pr_number", PositiveInt), ("attempt", Count)],
+        ),
         HUMAN_GATE_TRIGGERED => s(&[("reason", Str)], &[("pr_number", PositiveInt)]),
         ESCALATED => s(&[("reason", Str)], &[("attempts", Count)]),
         MERGED => s(&[], &[("pr_number", PositiveInt), ("merge_sha", Str)]),
         ISSUE_DONE => s(&[], &[("duration_minutes", NonNegNumber)]),
         TOKEN_USAGE => s(
-            &[("agent_id", Str), ("model", Str), ("input_tokens", Count), ("output_tokens", Count)],
-            &[("cache_read_tokens", Count), ("cache_write_tokens", Count), ("cost_usd", Money)],
+            &[
+                ("agent_id", Str),
+                ("model", Str),
+                ("input_tokens", Count),
+                ("output_tokens", Count),
+            ],
+            &[
+                ("cache_read_tokens", Count),
+                ("cache_write_tokens", Count),
+                ("cost_usd", Money),
+            ],
         ),
         _ => None,
     }
@@ -131,7 +157,8 @@ pub fn is_upper_snake(s: &str) -> bool {
         && s.as_bytes()[0].is_ascii_uppercase()
         && !s.ends_with('_')
         && !s.contains("__")
-        && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Checks an event's type and data. The message names the field and what was expected.
@@ -229,7 +256,10 @@ mod tests {
         let e = validate("ISSUE_ASSIGNED", &json!({})).unwrap_err();
         assert!(e.contains("requires data.agent_id"), "{e}");
         let e = validate("ISSUE_ASSIGNED", &json!({"agent_id": 5})).unwrap_err();
-        assert!(e.contains("data.agent_id must be a non-empty string, found number 5"), "{e}");
+        assert!(
+            e.contains("data.agent_id must be a non-empty string, found number 5"),
+            "{e}"
+        );
         let e = validate(
             "TOKEN_USAGE",
             &json!({"agent_id": "a", "model": "m", "input_tokens": -1, "output_tokens": 1}),
@@ -251,6 +281,8 @@ mod tests {
         for bad in ["heartbeat", "Heartbeat", "_X", "X_", "A__B", "", "A-B", "1ABC"] {
             assert!(validate(bad, &json!({})).is_err(), "{bad:?}");
         }
-        assert!(validate("X", &json!([1])).unwrap_err().contains("data must be a JSON object"));
+        assert!(validate("X", &json!([1]))
+            .unwrap_err()
+            .contains("data must be a JSON object"));
     }
 }

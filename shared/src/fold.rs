@@ -156,7 +156,12 @@ mod tests {
         let mut s = IssueState::new("acme/w#7", "acme/w", 7, t0);
         for (i, (ty, data, status)) in steps.iter().enumerate() {
             let at = t0 + chrono::Duration::seconds(i as i64);
-            s.apply(&FoldInput { version: i as i32 + 1, event_type: ty, data, recorded_at: at });
+            s.apply(&FoldInput {
+                version: i as i32 + 1,
+                event_type: ty,
+                data,
+                recorded_at: at,
+            });
             assert_eq!(s.status.as_deref(), *status, "after {ty}");
         }
         assert_eq!(s.version, 16);

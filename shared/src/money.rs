@@ -149,9 +149,18 @@ mod tests {
         };
         let t = PriceTable::new(&[p("2025-10-01", "2"), p("2025-09-01", "1")]);
         assert!(t.price_on("m", d("2025-08-31")).is_none());
-        assert_eq!(t.price_on("m", d("2025-09-30")).unwrap().input_per_mtok.to_string(), "1");
-        assert_eq!(t.price_on("m", d("2025-10-01")).unwrap().input_per_mtok.to_string(), "2");
-        let tokens = Tokens { input: 1, ..Default::default() };
+        assert_eq!(
+            t.price_on("m", d("2025-09-30")).unwrap().input_per_mtok.to_string(),
+            "1"
+        );
+        assert_eq!(
+            t.price_on("m", d("2025-10-01")).unwrap().input_per_mtok.to_string(),
+            "2"
+        );
+        let tokens = Tokens {
+            input: 1,
+            ..Default::default()
+        };
         assert_eq!(t.cost("m", d("2025-10-02"), tokens).unwrap().to_string(), "0.000002");
         assert!(t.cost("other", d("2025-10-02"), tokens).is_none());
     }

@@ -33,8 +33,12 @@ pub fn database_name(url: &str) -> Option<String> {
 }
 
 async fn server_answers(url: &str) -> bool {
-    let Ok(admin) = with_database(url, "postgres") else { return false };
-    let Ok(opts) = PgConnectOptions::from_str(&admin) else { return false };
+    let Ok(admin) = with_database(url, "postgres") else {
+        return false;
+    };
+    let Ok(opts) = PgConnectOptions::from_str(&admin) else {
+        return false;
+    };
     let connect = sqlx::PgConnection::connect_with(&opts);
     match tokio::time::timeout(Duration::from_secs(3), connect).await {
         Ok(Ok(c)) => {
@@ -49,7 +53,9 @@ async fn server_answers(url: &str) -> bool {
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
     let name = database_name(url).unwrap_or_else(|| "postgres".into());
     let admin = with_database(url, "postgres")?;
-    let mut c = sqlx::PgConnection::connect(&admin).await.context("connect to the postgres database")?;
+    let mut c = sqlx::PgConnection::connect(&admin)
+        .await
+        .context("connect to the postgres database")?;
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(&name)
         .fetch_one(&mut c)
@@ -79,20 +85,29 @@ pub async fn find_or_start(configured: Option<&str>, database: &str) -> anyhow::
     if let Some(url) = configured {
         if server_answers(url).await {
             ensure_database(url).await?;
-            return Ok(Postgres { url: url.to_owned(), private: None });
+            return Ok(Postgres {
+                url: url.to_owned(),
+                private: None,
+            });
         }
         tracing::warn!(url = %crate::config::redact_url_password(url), "the configured database does not answer; trying 127.0.0.1:5432");
     }
     let local = with_database(LOCAL_URL, database)?;
     if server_answers(&local).await {
         ensure_database(&local).await?;
-        return Ok(Postgres { url: local, private: None });
+        return Ok(Postgres {
+            url: local,
+            private: None,
+        });
     }
     tracing::info!("no Postgres on 127.0.0.1:5432; starting a private throwaway cluster");
     let cluster = PrivateCluster::start().await?;
     let url = format!("postgres://postgres@127.0.0.1:{}/{database}", cluster.port);
     ensure_database(&url).await?;
-    Ok(Postgres { url, private: Some(cluster) })
+    Ok(Postgres {
+        url,
+        private: Some(cluster),
+    })
 }
 
 /// A throwaway cluster in a temporary directory, stopped and removed on drop.
@@ -114,19 +129,46 @@ impl PrivateCluster {
         let dir = std::env::temp_dir().join(format!("rig-pg-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         // initdb refuses to run as root; run the cluster as the `postgres` user then.
-        let run_as = if unsafe_is_root() { Some("postgres".to_owned()) } else { None };
+        let run_as = if unsafe_is_root() {
+            Some("postgres".to_owned())
+        } else {
+            None
+        };
         if let Some(user) = &run_as {
             let ok = Command::new("chown").arg("-R").arg(user).arg(&dir).status()?.success();
             if !ok {
-                bail!("running as root, and cannot hand {} to the `{user}` user", dir.display());
+                bail!(
+                    "running as root, and cannot hand {} to the `{user}` user",
+                    dir.display()
+                );
             }
         }
-        let cluster = PrivateCluster { dir: dir.clone(), port, bin, run_as };
+        let cluster = PrivateCluster {
+            dir: dir.clone(),
+            port,
+            bin,
+            run_as,
+        };
         let data = dir.join("data");
-        cluster.run("initdb", &["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D", path_str(&data)?])?;
+        cluster.run(
+            "initdb",
+            &["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D", path_str(&data)?],
+        )?;
         let opts = cluster.server_options()?;
         let log = dir.join("postgres.log");
-        cluster.run("pg_ctl", &["-D", path_str(&data)?, "-o", &opts, "-l", path_str(&log)?, "-w", "start"])?;
+        cluster.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data)?,
+                "-o",
+                &opts,
+                "-l",
+                path_str(&log)?,
+                "-w",
+                "start",
+            ],
+        )?;
         Ok(cluster)
     }
 
@@ -141,13 +183,28 @@ impl PrivateCluster {
         // and `run` would wait for it to exit.
         self.run(
             "pg_ctl",
-            &["-D", path_str(&data)?, "-o", &opts, "-l", path_str(&log)?, "-m", "fast", "-w", "restart"],
+            &[
+                "-D",
+                path_str(&data)?,
+                "-o",
+                &opts,
+                "-l",
+                path_str(&log)?,
+                "-m",
+                "fast",
+                "-w",
+                "restart",
+            ],
         )
     }
 
     /// The `postgres` options `pg_ctl -o` passes: the same at start and at every restart.
     fn server_options(&self) -> anyhow::Result<String> {
-        Ok(format!("-p {} -c listen_addresses=127.0.0.1 -k {}", self.port, path_str(&self.dir)?))
+        Ok(format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            path_str(&self.dir)?
+        ))
     }
 
     fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -160,9 +217,16 @@ impl PrivateCluster {
             }
             None => Command::new(&exe),
         };
-        let out = cmd.args(args).output().with_context(|| format!("run {}", exe.display()))?;
+        let out = cmd
+            .args(args)
+            .output()
+            .with_context(|| format!("run {}", exe.display()))?;
         if !out.status.success() {
-            bail!("{} failed: {}", exe.display(), String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "{} failed: {}",
+                exe.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(())
     }

@@ -86,7 +86,9 @@ pub fn normalize_repo(repo: &str) -> Result<String, &'static str> {
         || name.len() > 100
         || name == "."
         || name == ".."
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
         return Err("the repository name must be 1-100 letters, digits, `-`, `_` or `.`");
     }
@@ -124,7 +126,9 @@ mod tests {
         assert_eq!(a, StreamId::parse("acme/widgets#7").unwrap());
         assert_eq!(StreamId::parse("agent:Dev-E").unwrap().to_string(), "agent:Dev-E");
         assert_eq!(
-            StreamId::parse("dashecorp/rig-agent-runtime#88").unwrap().issue_number(),
+            StreamId::parse("dashecorp/rig-agent-runtime#88")
+                .unwrap()
+                .issue_number(),
             Some(88)
         );
     }
@@ -132,9 +136,22 @@ mod tests {
     #[test]
     fn malformed_stream_ids_are_rejected() {
         for bad in [
-            "", "acme", "acme/widgets", "acme/widgets#", "acme/widgets#0", "acme/widgets#-1",
-            "acme/widgets#1x", "acme#1", "/widgets#1", "acme/#1", "acme/wid gets#1", "a/b/c#1",
-            "agent:", "agent:has space", "issue:42", "acme/widgets#99999999999999",
+            "",
+            "acme",
+            "acme/widgets",
+            "acme/widgets#",
+            "acme/widgets#0",
+            "acme/widgets#-1",
+            "acme/widgets#1x",
+            "acme#1",
+            "/widgets#1",
+            "acme/#1",
+            "acme/wid gets#1",
+            "a/b/c#1",
+            "agent:",
+            "agent:has space",
+            "issue:42",
+            "acme/widgets#99999999999999",
         ] {
             assert!(StreamId::parse(bad).is_err(), "{bad:?} should be rejected");
         }

@@ -11,21 +11,39 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
         ".{0,20}".prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::hash_map("[a-z_]{1,12}", inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::hash_map("[a-z_]{1,12}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
 
 const KNOWN: &[&str] = &[
-    "ISSUE_APPROVED", "ISSUE_ASSIGNED", "ISSUE_UNASSIGNED", "WORK_STARTED", "HEARTBEAT", "AGENT_STUCK",
-    "BRANCH_CREATED", "PR_CREATED", "CI_PASSED", "CI_FAILED", "REVIEW_ASSIGNED", "REVIEW_PASSED",
-    "REVIEW_DISPUTED", "HUMAN_GATE_TRIGGERED", "ESCALATED", "MERGED", "ISSUE_DONE", "TOKEN_USAGE",
+    "ISSUE_APPROVED",
+    "ISSUE_ASSIGNED",
+    "ISSUE_UNASSIGNED",
+    "WORK_STARTED",
+    "HEARTBEAT",
+    "AGENT_STUCK",
+    "BRANCH_CREATED",
+    "PR_CREATED",
+    "CI_PASSED",
+    "CI_FAILED",
+    "REVIEW_ASSIGNED",
+    "REVIEW_PASSED",
+    "REVIEW_DISPUTED",
+    "HUMAN_GATE_TRIGGERED",
+    "ESCALATED",
+    "MERGED",
+    "ISSUE_DONE",
+    "TOKEN_USAGE",
 ];
 
 proptest! {

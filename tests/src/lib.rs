@@ -21,7 +21,9 @@ async fn server_url() -> &'static str {
     SERVER
         .get_or_init(|| async {
             let configured = std::env::var("DATABASE_URL").ok();
-            let pg = shared::pg::find_or_start(configured.as_deref(), "postgres").await.expect("find or start Postgres");
+            let pg = shared::pg::find_or_start(configured.as_deref(), "postgres")
+                .await
+                .expect("find or start Postgres");
             if let Some(c) = pg.private {
                 let _ = CLUSTER.set(c);
             }
@@ -56,7 +58,10 @@ impl TestDb {
         let template = format!("rig_tmpl_{}", migrations_fingerprint());
         let mut admin = PgConnection::connect(&admin_url).await.expect("connect to Postgres");
         // One process at a time builds the migrated template; the others wait for it.
-        sqlx::query("SELECT pg_advisory_lock(7262100)").execute(&mut admin).await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock(7262100)")
+            .execute(&mut admin)
+            .await
+            .unwrap();
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&template)
             .fetch_one(&mut admin)
@@ -64,21 +69,45 @@ impl TestDb {
             .unwrap();
         if !exists {
             let building = format!("{template}_build");
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {building}")).execute(&mut admin).await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {building}")).execute(&mut admin).await.unwrap();
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {building}"))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            sqlx::query(&format!("CREATE DATABASE {building}"))
+                .execute(&mut admin)
+                .await
+                .unwrap();
             let url = shared::pg::with_database(server, &building).unwrap();
             let pool = PgPool::connect(&url).await.unwrap();
             shared::db::migrate(&pool).await.expect("migrations apply");
             pool.close().await;
-            sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {template}")).execute(&mut admin).await.unwrap();
+            sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {template}"))
+                .execute(&mut admin)
+                .await
+                .unwrap();
         }
         let name = format!("rig_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}")).execute(&mut admin).await.unwrap();
-        sqlx::query("SELECT pg_advisory_unlock(7262100)").execute(&mut admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_advisory_unlock(7262100)")
+            .execute(&mut admin)
+            .await
+            .unwrap();
         let _ = admin.close().await;
         let url = shared::pg::with_database(server, &name).unwrap();
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(20).connect(&url).await.unwrap();
-        TestDb { url, name, pool, admin_url }
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&url)
+            .await
+            .unwrap();
+        TestDb {
+            url,
+            name,
+            pool,
+            admin_url,
+        }
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
@@ -98,10 +127,15 @@ impl Drop for TestDb {
         // closed first (that would wait for connections held by tasks of the blocked test
         // runtime); FORCE ends them instead.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 if let Ok(mut c) = PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await;
                 }
             });
         })
@@ -128,7 +162,11 @@ where
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The directory holding the workspace's binaries (`target/debug` for this test build).
@@ -152,7 +190,11 @@ pub fn bin(name: &str) -> PathBuf {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .expect("run cargo build");
-        assert!(out.status.success(), "cargo build -p {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cargo build -p {name} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         built.push(name.to_owned());
     }
     assert!(path.exists(), "binary {} not found", path.display());
@@ -172,7 +214,10 @@ impl Proc {
         let log = std::env::temp_dir().join(format!("rig-test-{binary}-{}.log", uuid::Uuid::new_v4().simple()));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(bin(binary));
-        cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
         for (k, _) in std::env::vars() {
             if k.starts_with("RIG_") || k == "DATABASE_URL" {
                 cmd.env_remove(k);
@@ -183,7 +228,11 @@ impl Proc {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
-        Proc { name: binary.to_owned(), child, log }
+        Proc {
+            name: binary.to_owned(),
+            child,
+            log,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -191,8 +240,16 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: sending a signal to our own child process.
+        // Once reaped, the pid may belong to someone else's process (pids wrap at 32768 here):
+        // never signal it. `waitid` with WNOWAIT only looks, and fails with ECHILD once the child
+        // is reaped; a live or zombie child keeps its pid, and only `&mut self` methods reap.
+        // SAFETY: waitid writes into the zeroed siginfo we own; kill signals our own child.
         unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+            if libc::waitid(libc::P_PID, self.pid() as libc::id_t, &mut info, flags) != 0 {
+                return;
+            }
             libc::kill(self.pid(), sig);
         }
     }
@@ -213,7 +270,11 @@ impl Proc {
             }
             if Instant::now() > deadline {
                 self.kill9();
-                bail!("{} did not stop within {timeout:?} of SIGTERM; log:\n{}", self.name, self.log_text());
+                bail!(
+                    "{} did not stop within {timeout:?} of SIGTERM; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -261,8 +322,10 @@ impl TestIngest {
     }
 
     pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut shared::Settings)) -> TestIngest {
-        let mut settings =
-            shared::Settings { database_url: shared::config::DatabaseUrl(db.url.clone()), ..Default::default() };
+        let mut settings = shared::Settings {
+            database_url: shared::config::DatabaseUrl(db.url.clone()),
+            ..Default::default()
+        };
         settings.ingest.listen = "127.0.0.1:0".parse().unwrap();
         tweak(&mut settings);
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -271,7 +334,10 @@ impl TestIngest {
             .await
             .context("start ingest")
             .unwrap();
-        TestIngest { base: format!("http://{addr}"), shutdown }
+        TestIngest {
+            base: format!("http://{addr}"),
+            shutdown,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -287,7 +353,11 @@ impl Drop for TestIngest {
 
 /// Percent-encodes a stream id for a URL path.
 pub fn enc(stream_id: &str) -> String {
-    stream_id.replace('%', "%25").replace('/', "%2F").replace('#', "%23").replace(':', "%3A")
+    stream_id
+        .replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('#', "%23")
+        .replace(':', "%3A")
 }
 
 /// Pids of live processes whose environment holds `key=value` (how a test finds every process a
@@ -295,10 +365,16 @@ pub fn enc(stream_id: &str) -> String {
 pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
     let needle = format!("{key}={value}");
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
         // Zombies keep no environment, so a reaped-or-dying process does not count.
         if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
             out.push(pid);
@@ -331,10 +407,22 @@ impl SystemPorts {
         vec![
             ("DATABASE_URL", db.url.clone()),
             ("RIG_INGEST__LISTEN", format!("127.0.0.1:{}", self.ingest)),
-            ("RIG_STALE_HEARTBEAT__METRICS_LISTEN", format!("127.0.0.1:{}", self.stale_heartbeat)),
-            ("RIG_STALE_HEARTBEAT__INGEST_URL", format!("http://127.0.0.1:{}", self.ingest)),
-            ("RIG_COST_PROJECTOR__METRICS_LISTEN", format!("127.0.0.1:{}", self.cost_projector)),
-            ("RIG_TOKEN_PROJECTOR__METRICS_LISTEN", format!("127.0.0.1:{}", self.token_projector)),
+            (
+                "RIG_STALE_HEARTBEAT__METRICS_LISTEN",
+                format!("127.0.0.1:{}", self.stale_heartbeat),
+            ),
+            (
+                "RIG_STALE_HEARTBEAT__INGEST_URL",
+                format!("http://127.0.0.1:{}", self.ingest),
+            ),
+            (
+                "RIG_COST_PROJECTOR__METRICS_LISTEN",
+                format!("127.0.0.1:{}", self.cost_projector),
+            ),
+            (
+                "RIG_TOKEN_PROJECTOR__METRICS_LISTEN",
+                format!("127.0.0.1:{}", self.token_projector),
+            ),
             ("RIG_NOTIFIER__METRICS_LISTEN", format!("127.0.0.1:{}", self.notifier)),
         ]
     }

@@ -62,25 +62,14 @@ async fn send(
 }
 
 /// A correctly signed delivery.
-async fn deliver(
-    ingest: &TestIngest,
-    event: &str,
-    delivery: &str,
-    payload: &Value,
-) -> (StatusCode, Value) {
+async fn deliver(ingest: &TestIngest, event: &str, delivery: &str, payload: &Value) -> (StatusCode, Value) {
     let body = serde_json::to_vec(payload).unwrap();
     let sig = sign(SECRET, &body);
     send(ingest, HOOK, Some(event), Some(delivery), Some(&sig), body).await
 }
 
 /// Asserts the delivery was accepted with `status` (appended / ignored / unlinked).
-async fn expect(
-    ingest: &TestIngest,
-    event: &str,
-    delivery: &str,
-    payload: &Value,
-    status: &str,
-) -> Value {
+async fn expect(ingest: &TestIngest, event: &str, delivery: &str, payload: &Value, status: &str) -> Value {
     let (code, body) = deliver(ingest, event, delivery, payload).await;
     assert_eq!(
         (code, body["status"].as_str()),
@@ -169,14 +158,7 @@ async fn a_whole_issue_story_from_webhooks_alone_ends_done() {
 
     let mut review = fixture("pull_request_review.submitted");
     review["review"]["state"] = json!("approved");
-    expect(
-        &ingest,
-        "pull_request_review",
-        "story-6",
-        &review,
-        "appended",
-    )
-    .await;
+    expect(&ingest, "pull_request_review", "story-6", &review, "appended").await;
 
     let mut merged = fixture("pull_request.closed");
     merged["pull_request"]["merged"] = json!(true);
@@ -206,10 +188,7 @@ async fn a_whole_issue_story_from_webhooks_alone_ends_done() {
         ]
     );
     let ev = |i: usize| &stream["events"][i];
-    assert_eq!(
-        ev(0)["data"],
-        json!({"title": "Spelling error in the README file"})
-    );
+    assert_eq!(ev(0)["data"], json!({"title": "Spelling error in the README file"}));
     assert_eq!(ev(1)["data"], json!({"branch": branch}));
     assert_eq!(
         ev(2)["data"],
@@ -217,10 +196,7 @@ async fn a_whole_issue_story_from_webhooks_alone_ends_done() {
     );
     assert_eq!(ev(3)["data"], json!({"pr_number": 2, "run_id": 118578147}));
     assert_eq!(ev(4)["data"], json!({"pr_number": 2, "run_id": 289782451}));
-    assert_eq!(
-        ev(5)["data"],
-        json!({"reviewer": "Codertocat", "pr_number": 2})
-    );
+    assert_eq!(ev(5)["data"], json!({"reviewer": "Codertocat", "pr_number": 2}));
     assert_eq!(
         ev(6)["data"],
         json!({"pr_number": 2, "merge_sha": "c4295bd74fb0f4fda03689c3df3f2803b658fd85"})
@@ -236,13 +212,12 @@ async fn a_whole_issue_story_from_webhooks_alone_ends_done() {
     assert_eq!(stream["state"]["last_ci"], "passed");
     assert_eq!(stream["state"]["pr_number"], 2);
 
-    let (status, last_ci, pr, version): (String, String, i64, i32) = sqlx::query_as(
-        "SELECT status, last_ci, pr_number, version FROM issue_state WHERE stream_id = $1",
-    )
-    .bind(sid)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let (status, last_ci, pr, version): (String, String, i64, i32) =
+        sqlx::query_as("SELECT status, last_ci, pr_number, version FROM issue_state WHERE stream_id = $1")
+            .bind(sid)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(
         (status.as_str(), last_ci.as_str(), pr, version),
         ("done", "passed", 2, 8)
@@ -277,10 +252,7 @@ async fn reviews_map_by_state_and_unmapped_deliveries_store_nothing() {
     expect(&ingest, "pull_request_review", "r-3", &disputed, "appended").await;
 
     let stream = read_stream(&ingest, "codertocat/hello-world#3").await;
-    assert_eq!(
-        types(&stream),
-        ["PR_CREATED", "REVIEW_ASSIGNED", "REVIEW_DISPUTED"]
-    );
+    assert_eq!(types(&stream), ["PR_CREATED", "REVIEW_ASSIGNED", "REVIEW_DISPUTED"]);
     assert_eq!(
         stream["events"][1]["data"],
         json!({"reviewer": "octocat", "pr_number": 2})
@@ -307,10 +279,7 @@ async fn reviews_map_by_state_and_unmapped_deliveries_store_nothing() {
         ("issues", fixture("issues.labeled")), // label "bug", not the approve label
         ("create", fixture("create")),         // a tag
         ("pull_request", fixture("pull_request.closed")), // closed without merging
-        (
-            "pull_request_review",
-            fixture("pull_request_review.submitted"),
-        ), // "commented"
+        ("pull_request_review", fixture("pull_request_review.submitted")), // "commented"
         ("check_run", fixture("check_run.completed")),
         (
             "check_suite",
@@ -366,18 +335,8 @@ async fn a_pr_closing_issue_12_brings_its_ci_along_and_unlinkable_ones_are_count
     assert_eq!(stream["state"]["pr_number"], 2);
     assert_eq!(stream["state"]["last_ci"], "passed");
 
-    let unlinked_prs = metric(
-        &ingest,
-        "rig_github_unlinked_total",
-        &[r#"event="pull_request""#],
-    )
-    .await;
-    let unlinked_runs = metric(
-        &ingest,
-        "rig_github_unlinked_total",
-        &[r#"event="workflow_run""#],
-    )
-    .await;
+    let unlinked_prs = metric(&ingest, "rig_github_unlinked_total", &[r#"event="pull_request""#]).await;
+    let unlinked_runs = metric(&ingest, "rig_github_unlinked_total", &[r#"event="workflow_run""#]).await;
     let outcome = [r#"event="pull_request""#, r#"outcome="unlinked""#];
     let delivered = metric(&ingest, "rig_github_deliveries_total", &outcome).await;
     // Nothing links these: no keyword, branch "changes" / "master", no known PR.
@@ -407,24 +366,8 @@ async fn a_pr_closing_issue_12_brings_its_ci_along_and_unlinkable_ones_are_count
     expect(&ingest, "pull_request", "l-5", &elsewhere, "unlinked").await;
 
     assert_eq!(db.events().await, 2, "unlinked deliveries are not stored");
-    assert!(
-        metric(
-            &ingest,
-            "rig_github_unlinked_total",
-            &[r#"event="pull_request""#]
-        )
-        .await
-            >= unlinked_prs + 2.0
-    );
-    assert!(
-        metric(
-            &ingest,
-            "rig_github_unlinked_total",
-            &[r#"event="workflow_run""#]
-        )
-        .await
-            >= unlinked_runs + 1.0
-    );
+    assert!(metric(&ingest, "rig_github_unlinked_total", &[r#"event="pull_request""#]).await >= unlinked_prs + 2.0);
+    assert!(metric(&ingest, "rig_github_unlinked_total", &[r#"event="workflow_run""#]).await >= unlinked_runs + 1.0);
     assert!(metric(&ingest, "rig_github_deliveries_total", &outcome).await >= delivered + 2.0);
 }
 
@@ -446,10 +389,7 @@ async fn an_unlinked_delivery_links_when_redelivered_after_its_pr_is_known() {
     );
     // Now taken, it is an ordinary redelivery.
     let (code, b) = deliver(&ingest, "workflow_run", "early-ci", &run).await;
-    assert_eq!(
-        (code, b["status"].as_str()),
-        (StatusCode::OK, Some("redelivery"))
-    );
+    assert_eq!((code, b["status"].as_str()), (StatusCode::OK, Some("redelivery")));
     assert_eq!(db.events().await, 2);
 }
 
@@ -465,30 +405,13 @@ async fn bad_signatures_are_refused_and_store_nothing() {
     tampered["issue"]["title"] = json!("A title changed after signing");
     let tampered = serde_json::to_vec(&tampered).unwrap();
 
-    let before = metric(
-        &ingest,
-        "rig_github_deliveries_total",
-        &[r#"outcome="bad_signature""#],
-    )
-    .await;
+    let before = metric(&ingest, "rig_github_deliveries_total", &[r#"outcome="bad_signature""#]).await;
     let cases: Vec<(&str, Option<String>, Vec<u8>)> = vec![
         ("missing", None, body.clone()),
-        (
-            "not sha256=",
-            Some(good.replace("sha256=", "sha1=")),
-            body.clone(),
-        ),
+        ("not sha256=", Some(good.replace("sha256=", "sha1=")), body.clone()),
         ("not hex", Some("sha256=zz-not-hex".into()), body.clone()),
-        (
-            "truncated",
-            Some(good[..good.len() - 2].to_owned()),
-            body.clone(),
-        ),
-        (
-            "wrong secret",
-            Some(sign("another-secret", &body)),
-            body.clone(),
-        ),
+        ("truncated", Some(good[..good.len() - 2].to_owned()), body.clone()),
+        ("wrong secret", Some(sign("another-secret", &body)), body.clone()),
         ("body changed after signing", Some(good.clone()), tampered),
     ];
     for (i, (what, sig, b)) in cases.iter().enumerate() {
@@ -503,33 +426,14 @@ async fn bad_signatures_are_refused_and_store_nothing() {
         .await;
         assert_eq!(code, StatusCode::UNAUTHORIZED, "{what}: {resp}");
         assert_eq!(resp["error"], "bad_signature", "{what}");
-        assert!(
-            resp["detail"].as_str().is_some_and(|d| !d.is_empty()),
-            "{what}"
-        );
+        assert!(resp["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}");
     }
     assert_eq!(db.events().await, 0);
     assert_eq!(db.count("SELECT count(*) FROM github_deliveries").await, 0);
-    assert!(
-        metric(
-            &ingest,
-            "rig_github_deliveries_total",
-            &[r#"outcome="bad_signature""#]
-        )
-        .await
-            >= before + 6.0
-    );
+    assert!(metric(&ingest, "rig_github_deliveries_total", &[r#"outcome="bad_signature""#]).await >= before + 6.0);
 
     // The signature alone authenticates: no bearer token, though ingest requires one for writes.
-    let (code, resp) = send(
-        &ingest,
-        HOOK,
-        Some("issues"),
-        Some("good"),
-        Some(&good),
-        body,
-    )
-    .await;
+    let (code, resp) = send(&ingest, HOOK, Some("issues"), Some("good"), Some(&good), body).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{resp}");
     assert_eq!(db.events().await, 1);
     let r = reqwest::Client::new()
@@ -584,10 +488,7 @@ async fn a_redelivery_appends_nothing_and_answers_200() {
     let db = TestDb::new().await;
     let ingest = start(&db).await;
     let (code, body) = deliver(&ingest, "ping", "ping-1", &fixture("ping")).await;
-    assert_eq!(
-        (code, body["status"].as_str()),
-        (StatusCode::OK, Some("pong"))
-    );
+    assert_eq!((code, body["status"].as_str()), (StatusCode::OK, Some("pong")));
 
     let mut labeled = fixture("issues.labeled");
     labeled["label"]["name"] = json!("agent-ready");
@@ -607,11 +508,7 @@ async fn a_redelivery_appends_nothing_and_answers_200() {
         .await
         .unwrap();
     let (code, body) = deliver(&ingest, "issues", "d-1", &labeled).await;
-    assert_eq!(
-        (code, body["events"].as_i64()),
-        (StatusCode::OK, Some(0)),
-        "{body}"
-    );
+    assert_eq!((code, body["events"].as_i64()), (StatusCode::OK, Some(0)), "{body}");
     assert_eq!(db.events().await, 1);
     assert_eq!(
         db.count("SELECT count(*) FROM github_deliveries WHERE delivery_id = 'd-1'")
@@ -630,33 +527,14 @@ async fn deliveries_without_their_headers_or_json_are_refused() {
     let ingest = start(&db).await;
     let payload = serde_json::to_vec(&fixture("issues.assigned")).unwrap();
     let sig = sign(SECRET, &payload);
-    let (code, b) = send(
-        &ingest,
-        HOOK,
-        None,
-        Some("h-1"),
-        Some(&sig),
-        payload.clone(),
-    )
-    .await;
+    let (code, b) = send(&ingest, HOOK, None, Some("h-1"), Some(&sig), payload.clone()).await;
     assert_eq!(
         (code, b["error"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")),
         "{b}"
     );
-    assert!(
-        b["detail"].as_str().unwrap().contains("x-github-event"),
-        "{b}"
-    );
-    let (code, b) = send(
-        &ingest,
-        HOOK,
-        Some("issues"),
-        None,
-        Some(&sig),
-        payload.clone(),
-    )
-    .await;
+    assert!(b["detail"].as_str().unwrap().contains("x-github-event"), "{b}");
+    let (code, b) = send(&ingest, HOOK, Some("issues"), None, Some(&sig), payload.clone()).await;
     assert_eq!(
         (code, b["error"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")),
@@ -664,15 +542,7 @@ async fn deliveries_without_their_headers_or_json_are_refused() {
     );
     let garbage = b"{not json".to_vec();
     let sig = sign(SECRET, &garbage);
-    let (code, b) = send(
-        &ingest,
-        HOOK,
-        Some("issues"),
-        Some("h-3"),
-        Some(&sig),
-        garbage,
-    )
-    .await;
+    let (code, b) = send(&ingest, HOOK, Some("issues"), Some("h-3"), Some(&sig), garbage).await;
     assert_eq!(
         (code, b["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("malformed_json")),

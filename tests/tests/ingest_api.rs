@@ -19,7 +19,12 @@ async fn claim_race_has_exactly_one_winner() {
     let ingest = TestIngest::start(&db).await;
     let c = reqwest::Client::new();
     let url = ingest.url("/v1/events");
-    let (s, _) = post(&c, &url, &json!({"stream_id": "acme/widgets#7", "events": [{"type": "ISSUE_APPROVED"}]})).await;
+    let (s, _) = post(
+        &c,
+        &url,
+        &json!({"stream_id": "acme/widgets#7", "events": [{"type": "ISSUE_APPROVED"}]}),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED);
 
     let tasks: Vec<_> = (0..50)
@@ -62,7 +67,10 @@ async fn claim_race_has_exactly_one_winner() {
     let again = json!({"stream_id": "acme/widgets#7", "expected_version": 2,
                        "events": [{"type": "ISSUE_ASSIGNED", "data": {"agent_id": winners[0]}}]});
     let (s, b) = post(&c, &url, &again).await;
-    assert_eq!((s, b["error"].as_str()), (StatusCode::CONFLICT, Some("already_assigned")));
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::CONFLICT, Some("already_assigned"))
+    );
     let release = json!({"stream_id": "acme/widgets#7",
                          "events": [{"type": "ISSUE_UNASSIGNED", "data": {"reason": "gave up"}},
                                     {"type": "ISSUE_ASSIGNED", "data": {"agent_id": "agent-x"}}]});
@@ -84,7 +92,10 @@ async fn expected_version_conflicts_and_idempotent_retries() {
     let (s, created) = post(&c, &url, &body).await;
     assert_eq!(s, StatusCode::CREATED, "{created}");
     assert_eq!(created["stream_id"], "acme/widgets#42");
-    assert_eq!((created["first_version"].as_i64(), created["last_version"].as_i64()), (Some(1), Some(2)));
+    assert_eq!(
+        (created["first_version"].as_i64(), created["last_version"].as_i64()),
+        (Some(1), Some(2))
+    );
     assert!(created["last_position"].as_i64() > created["first_position"].as_i64());
 
     // The same request again: 200 with the original body, nothing written (checked before
@@ -98,7 +109,10 @@ async fn expected_version_conflicts_and_idempotent_retries() {
     let fresh = json!({"stream_id": "acme/widgets#42", "expected_version": 0, "events": [{"type": "HEARTBEAT", "data": {"agent_id": "dev-e-node"}}]});
     let (s, b) = post(&c, &url, &fresh).await;
     assert_eq!(s, StatusCode::CONFLICT);
-    assert_eq!(b, json!({"error": "wrong_expected_version", "expected_version": 0, "current_version": 2, "detail": b["detail"]}));
+    assert_eq!(
+        b,
+        json!({"error": "wrong_expected_version", "expected_version": 0, "current_version": 2, "detail": b["detail"]})
+    );
 
     // A wrong version names the current one.
     let stale = json!({"stream_id": "acme/widgets#42", "expected_version": 1, "events": [{"type": "WORK_STARTED", "data": {"agent_id": "dev-e-node"}}]});
@@ -110,10 +124,16 @@ async fn expected_version_conflicts_and_idempotent_retries() {
         {"id": ids[1], "type": "ISSUE_ASSIGNED", "data": {"agent_id": "dev-e-node"}},
         {"id": ids[2], "type": "WORK_STARTED", "data": {"agent_id": "dev-e-node"}}]});
     let (s, b) = post(&c, &url, &partial).await;
-    assert_eq!((s, b["error"].as_str()), (StatusCode::CONFLICT, Some("duplicate_event_id")));
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::CONFLICT, Some("duplicate_event_id"))
+    );
     let elsewhere = json!({"stream_id": "acme/widgets#43", "events": [{"id": ids[0], "type": "ISSUE_APPROVED"}]});
     let (s, b) = post(&c, &url, &elsewhere).await;
-    assert_eq!((s, b["error"].as_str()), (StatusCode::CONFLICT, Some("duplicate_event_id")));
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::CONFLICT, Some("duplicate_event_id"))
+    );
     assert_eq!(db.events().await, 2);
 
     // Right version: appended, metadata and occurred_at kept.
@@ -155,33 +175,154 @@ async fn bad_input_gets_a_json_error_and_writes_nothing() {
     };
     let ok = |v: Value| serde_json::to_vec(&v).unwrap();
     let valid = json!({"stream_id": "acme/widgets#1", "events": [{"type": "ISSUE_APPROVED"}]});
-    let many: Vec<Value> = (0..1001).map(|_| json!({"type": "HEARTBEAT", "data": {"agent_id": "a"}})).collect();
-    let huge = json!({"stream_id": "acme/widgets#1", "events": [{"type": "NOTE", "data": {"text": "x".repeat(70_000)}}]});
-    let cases: Vec<(&str, Vec<u8>, Option<&'static str>, StatusCode, &str)> = vec![
-        ("no token", ok(valid.clone()), None, StatusCode::UNAUTHORIZED, "unauthorized"),
-        ("wrong token", ok(valid.clone()), Some("nope"), StatusCode::UNAUTHORIZED, "unauthorized"),
-        ("malformed JSON", b"{\"stream_id\": ".to_vec(), Some("s3cret-token"), StatusCode::BAD_REQUEST, "malformed_json"),
-        ("random bytes", vec![0xff, 0x00, 0x13, 0x37], Some("s3cret-token"), StatusCode::BAD_REQUEST, "malformed_json"),
-        ("not an object", ok(json!([1, 2])), Some("s3cret-token"), StatusCode::BAD_REQUEST, "malformed_json"),
-        ("missing stream", ok(json!({"events": [{"type": "ISSUE_APPROVED"}]})), Some("s3cret-token"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-        ("bad stream id", ok(json!({"stream_id": "widgets-7", "events": [{"type": "ISSUE_APPROVED"}]})), Some("s3cret-token"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_stream_id"),
-        ("issue zero", ok(json!({"stream_id": "acme/widgets#0", "events": [{"type": "ISSUE_APPROVED"}]})), Some("s3cret-token"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_stream_id"),
-        ("unknown prefix", ok(json!({"stream_id": "user:bob", "events": [{"type": "ISSUE_APPROVED"}]})), Some("s3cret-token"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_stream_id"),
-        ("lowercase type", ok(json!({"stream_id": "acme/widgets#1", "events": [{"type": "issue_approved"}]})), Some("s3cret-token"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_event"),
-        ("missing field", ok(json!({"stream_id": "acme/widgets#1", "events": [{"type": "ISSUE_APPROVED"}, {"type": "ISSUE_ASSIGNED", "data": {}}]})), Some("s3cret-token"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_event"),
-        ("mistyped field", ok(json!({"stream_id": "acme/widgets#1", "events": [{"type": "TOKEN_USAGE", "data": {"agent_id": "a", "model": "m", "input_tokens": "12", "output_tokens": 3}}]})), Some("s3cret-token"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_event"),
-        ("bad id", ok(json!({"stream_id": "acme/widgets#1", "events": [{"id": "not-a-uuid", "type": "ISSUE_APPROVED"}]})), Some("s3cret-token"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_event"),
-        ("bad time", ok(json!({"stream_id": "acme/widgets#1", "events": [{"type": "ISSUE_APPROVED", "occurred_at": "yesterday"}]})), Some("s3cret-token"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_event"),
-        ("negative version", ok(json!({"stream_id": "acme/widgets#1", "expected_version": -1, "events": [{"type": "ISSUE_APPROVED"}]})), Some("s3cret-token"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-        ("no events", ok(json!({"stream_id": "acme/widgets#1", "events": []})), Some("s3cret-token"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-        ("1001 events", ok(json!({"stream_id": "acme/widgets#1", "events": many})), Some("s3cret-token"), StatusCode::UNPROCESSABLE_ENTITY, "too_many_events"),
-        ("body over the limit", ok(huge), Some("s3cret-token"), StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+    let many: Vec<Value> = (0..1001)
+        .map(|_| json!({"type": "HEARTBEAT", "data": {"agent_id": "a"}}))
+        .collect();
+    let huge =
+        json!({"stream_id": "acme/widgets#1", "events": [{"type": "NOTE", "data": {"text": "x".repeat(70_000)}}]});
+    type Case = (&'static str, Vec<u8>, Option<&'static str>, StatusCode, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "no token",
+            ok(valid.clone()),
+            None,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "wrong token",
+            ok(valid.clone()),
+            Some("nope"),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "malformed JSON",
+            b"{\"stream_id\": ".to_vec(),
+            Some("s3cret-token"),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "random bytes",
+            vec![0xff, 0x00, 0x13, 0x37],
+            Some("s3cret-token"),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "not an object",
+            ok(json!([1, 2])),
+            Some("s3cret-token"),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "missing stream",
+            ok(json!({"events": [{"type": "ISSUE_APPROVED"}]})),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "bad stream id",
+            ok(json!({"stream_id": "widgets-7", "events": [{"type": "ISSUE_APPROVED"}]})),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_stream_id",
+        ),
+        (
+            "issue zero",
+            ok(json!({"stream_id": "acme/widgets#0", "events": [{"type": "ISSUE_APPROVED"}]})),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_stream_id",
+        ),
+        (
+            "unknown prefix",
+            ok(json!({"stream_id": "user:bob", "events": [{"type": "ISSUE_APPROVED"}]})),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_stream_id",
+        ),
+        (
+            "lowercase type",
+            ok(json!({"stream_id": "acme/widgets#1", "events": [{"type": "issue_approved"}]})),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+        ),
+        (
+            "missing field",
+            ok(
+                json!({"stream_id": "acme/widgets#1", "events": [{"type": "ISSUE_APPROVED"}, {"type": "ISSUE_ASSIGNED", "data": {}}]}),
+            ),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+        ),
+        (
+            "mistyped field",
+            ok(
+                json!({"stream_id": "acme/widgets#1", "events": [{"type": "TOKEN_USAGE", "data": {"agent_id": "a", "model": "m", "input_tokens": "12", "output_tokens": 3}}]}),
+            ),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+        ),
+        (
+            "bad id",
+            ok(json!({"stream_id": "acme/widgets#1", "events": [{"id": "not-a-uuid", "type": "ISSUE_APPROVED"}]})),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+        ),
+        (
+            "bad time",
+            ok(
+                json!({"stream_id": "acme/widgets#1", "events": [{"type": "ISSUE_APPROVED", "occurred_at": "yesterday"}]}),
+            ),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+        ),
+        (
+            "negative version",
+            ok(json!({"stream_id": "acme/widgets#1", "expected_version": -1, "events": [{"type": "ISSUE_APPROVED"}]})),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "no events",
+            ok(json!({"stream_id": "acme/widgets#1", "events": []})),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "1001 events",
+            ok(json!({"stream_id": "acme/widgets#1", "events": many})),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_events",
+        ),
+        (
+            "body over the limit",
+            ok(huge),
+            Some("s3cret-token"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
     ];
     for (name, body, token, status, code) in cases {
         let (s, b) = send(body, token).await;
         assert_eq!(s, status, "{name}: {b}");
         assert_eq!(b["error"], code, "{name}: {b}");
-        assert!(b["detail"].as_str().is_some_and(|d| !d.is_empty()), "{name}: a human detail: {b}");
+        assert!(
+            b["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{name}: a human detail: {b}"
+        );
         assert_eq!(db.events().await, 0, "{name}: nothing written");
     }
     let (s, b) = send(ok(json!({"stream_id": "acme/widgets#1", "events": [{"type": "ISSUE_APPROVED"}, {"type": "ISSUE_ASSIGNED", "data": {"agent_id": 7}}]})), Some("s3cret-token")).await;
@@ -199,7 +340,12 @@ async fn the_events_table_refuses_update_delete_and_truncate() {
     let db = TestDb::new().await;
     let ingest = TestIngest::start(&db).await;
     let c = reqwest::Client::new();
-    post(&c, &ingest.url("/v1/events"), &json!({"stream_id": "acme/widgets#1", "events": [{"type": "ISSUE_APPROVED"}]})).await;
+    post(
+        &c,
+        &ingest.url("/v1/events"),
+        &json!({"stream_id": "acme/widgets#1", "events": [{"type": "ISSUE_APPROVED"}]}),
+    )
+    .await;
     for sql in [
         "UPDATE events SET event_type = 'X'",
         "UPDATE events SET data = '{}' WHERE false",
@@ -225,8 +371,16 @@ async fn time_travel_and_the_whole_lifecycle() {
         ("ISSUE_ASSIGNED", json!({"agent_id": "dev-a"}), "assigned"),
         ("WORK_STARTED", json!({"agent_id": "dev-a"}), "in_progress"),
         ("BRANCH_CREATED", json!({"branch": "issue-88-faster"}), "in_progress"),
-        ("PR_CREATED", json!({"pr_number": 101, "branch": "issue-88-faster"}), "in_progress"),
-        ("CI_FAILED", json!({"pr_number": 101, "failed_checks": ["test"]}), "in_progress"),
+        (
+            "PR_CREATED",
+            json!({"pr_number": 101, "branch": "issue-88-faster"}),
+            "in_progress",
+        ),
+        (
+            "CI_FAILED",
+            json!({"pr_number": 101, "failed_checks": ["test"]}),
+            "in_progress",
+        ),
         ("CI_PASSED", json!({"pr_number": 101}), "in_progress"),
         ("REVIEW_ASSIGNED", json!({"reviewer": "rev"}), "in_review"),
         ("REVIEW_DISPUTED", json!({"reviewer": "rev"}), "in_review"),
@@ -236,7 +390,12 @@ async fn time_travel_and_the_whole_lifecycle() {
     ];
     let mut positions = Vec::new();
     for (ty, data, status) in &steps {
-        let (s, b) = post(&c, &ingest.url("/v1/events"), &json!({"stream_id": sid, "events": [{"type": ty, "data": data}]})).await;
+        let (s, b) = post(
+            &c,
+            &ingest.url("/v1/events"),
+            &json!({"stream_id": sid, "events": [{"type": ty, "data": data}]}),
+        )
+        .await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
         positions.push(b["last_position"].as_i64().unwrap());
         let live: String = sqlx::query_scalar("SELECT status FROM issue_state WHERE stream_id = $1")
@@ -246,7 +405,11 @@ async fn time_travel_and_the_whole_lifecycle() {
             .unwrap();
         assert_eq!(&live, status, "issue_state after {ty}");
     }
-    let r = c.get(ingest.url(&format!("/v1/issues/{}", enc(sid)))).send().await.unwrap();
+    let r = c
+        .get(ingest.url(&format!("/v1/issues/{}", enc(sid))))
+        .send()
+        .await
+        .unwrap();
     let issue: Value = r.json().await.unwrap();
     assert_eq!(issue["status"], "done");
     assert_eq!(issue["last_ci"], "passed");
@@ -256,10 +419,20 @@ async fn time_travel_and_the_whole_lifecycle() {
     assert!(issue["done_at"].is_string() && issue["first_event_at"].is_string());
 
     // The whole stream, then at version 5.
-    let full: Value = c.get(ingest.url(&format!("/v1/streams/{}", enc(sid)))).send().await.unwrap().json().await.unwrap();
+    let full: Value = c
+        .get(ingest.url(&format!("/v1/streams/{}", enc(sid))))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(full["version"], 12);
     assert_eq!(full["events"].as_array().unwrap().len(), 12);
-    assert_eq!(full["state"], issue, "the fold served by time travel equals the inline issue_state");
+    assert_eq!(
+        full["state"], issue,
+        "the fold served by time travel equals the inline issue_state"
+    );
     let at5: Value = c
         .get(ingest.url(&format!("/v1/streams/{}?to_version=5", enc(sid))))
         .send()
@@ -272,7 +445,16 @@ async fn time_travel_and_the_whole_lifecycle() {
     let evs = at5["events"].as_array().unwrap();
     assert_eq!(evs.len(), 5);
     assert_eq!(evs[4]["type"], "PR_CREATED");
-    for key in ["position", "version", "id", "type", "data", "metadata", "occurred_at", "recorded_at"] {
+    for key in [
+        "position",
+        "version",
+        "id",
+        "type",
+        "data",
+        "metadata",
+        "occurred_at",
+        "recorded_at",
+    ] {
         assert!(evs[0].get(key).is_some(), "event has {key}");
     }
     assert_eq!(at5["state"]["status"], "in_progress");
@@ -294,17 +476,42 @@ async fn time_travel_and_the_whole_lifecycle() {
     assert_eq!(at["state"]["status"], "in_progress");
 
     // Unknown stream: 404; a bad id: 422.
-    let r = c.get(ingest.url("/v1/streams/acme%2Fnothing%231")).send().await.unwrap();
+    let r = c
+        .get(ingest.url("/v1/streams/acme%2Fnothing%231"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = c.get(ingest.url("/v1/streams/nonsense")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
     // The issue board with filters.
-    let list: Value = c.get(ingest.url("/v1/issues?status=done")).send().await.unwrap().json().await.unwrap();
+    let list: Value = c
+        .get(ingest.url("/v1/issues?status=done"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["issues"].as_array().unwrap().len(), 1);
-    let list: Value = c.get(ingest.url("/v1/issues?status=assigned")).send().await.unwrap().json().await.unwrap();
+    let list: Value = c
+        .get(ingest.url("/v1/issues?status=assigned"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["issues"].as_array().unwrap().len(), 0);
-    assert_eq!(c.get(ingest.url("/v1/issues?status=bogus")).send().await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        c.get(ingest.url("/v1/issues?status=bogus"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
 }
 
 #[tokio::test]
@@ -319,12 +526,21 @@ async fn compat_endpoint_takes_the_deployed_agents_body() {
     )
     .await;
     assert!(s.is_success(), "{s}: {b}");
-    let (stream, ty, data): (String, String, Value) =
-        sqlx::query_as("SELECT stream_id, event_type, data FROM events").fetch_one(&db.pool).await.unwrap();
+    let (stream, ty, data): (String, String, Value) = sqlx::query_as("SELECT stream_id, event_type, data FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!((stream.as_str(), ty.as_str()), ("acme/widgets#42", "HEARTBEAT"));
     assert_eq!(data, json!({"agent_id": "dev-e-node"}));
     // The agent's heartbeat shows in /v1/agents.
-    let agents: Value = c.get(ingest.url("/v1/agents")).send().await.unwrap().json().await.unwrap();
+    let agents: Value = c
+        .get(ingest.url("/v1/agents"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(agents["agents"][0]["agent_id"], "dev-e-node");
     assert_eq!(agents["agents"][0]["current_stream_id"], "acme/widgets#42");
     assert!(agents["agents"][0]["last_heartbeat_at"].is_string());
@@ -344,7 +560,12 @@ async fn compat_endpoint_takes_the_deployed_agents_body() {
     assert_eq!(data["input_tokens"], 1200);
     assert_eq!(data["cost_usd"], 0.0081);
     // Invalid compat bodies are refused like native ones.
-    let (s, b) = post(&c, &ingest.url("/api/events"), &json!({"Type":"HEARTBEAT","Repo":"acme/widgets","IssueNumber":42})).await;
+    let (s, b) = post(
+        &c,
+        &ingest.url("/api/events"),
+        &json!({"Type":"HEARTBEAT","Repo":"acme/widgets","IssueNumber":42}),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     assert_eq!(db.events().await, 2);
 }
@@ -354,10 +575,28 @@ async fn ops_endpoints_answer() {
     let db = TestDb::new().await;
     let ingest = TestIngest::start(&db).await;
     let c = reqwest::Client::new();
-    post(&c, &ingest.url("/v1/events"), &json!({"stream_id": "acme/widgets#1", "events": [{"type": "ISSUE_APPROVED"}]})).await;
-    assert_eq!(c.get(ingest.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
-    assert_eq!(c.get(ingest.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
-    let m = c.get(ingest.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    post(
+        &c,
+        &ingest.url("/v1/events"),
+        &json!({"stream_id": "acme/widgets#1", "events": [{"type": "ISSUE_APPROVED"}]}),
+    )
+    .await;
+    assert_eq!(
+        c.get(ingest.url("/healthz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        c.get(ingest.url("/readyz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let m = c
+        .get(ingest.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("rig_ingest_events_appended_total"), "{m}");
     assert!(m.contains("rig_ingest_requests_total{route=\"/v1/events\""), "{m}");
     let r = c.get(ingest.url("/nope")).send().await.unwrap();

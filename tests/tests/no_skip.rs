@@ -37,7 +37,10 @@ async fn a_tailing_reader_sees_every_committed_event_exactly_once() {
             Proc::spawn(
                 "rig-ingest",
                 &[],
-                &[("DATABASE_URL", db.url.clone()), ("RIG_INGEST__LISTEN", format!("127.0.0.1:{p}"))],
+                &[
+                    ("DATABASE_URL", db.url.clone()),
+                    ("RIG_INGEST__LISTEN", format!("127.0.0.1:{p}")),
+                ],
             )
         })
         .collect();
@@ -55,12 +58,13 @@ async fn a_tailing_reader_sees_every_committed_event_exactly_once() {
             let mut seen: Vec<(i64, Uuid)> = Vec::new();
             loop {
                 let finished = done.load(Ordering::SeqCst);
-                let batch: Vec<(i64, Uuid)> =
-                    sqlx::query_as("SELECT position, event_id FROM events WHERE position > $1 ORDER BY position LIMIT 7")
-                        .bind(checkpoint)
-                        .fetch_all(&pool)
-                        .await
-                        .unwrap();
+                let batch: Vec<(i64, Uuid)> = sqlx::query_as(
+                    "SELECT position, event_id FROM events WHERE position > $1 ORDER BY position LIMIT 7",
+                )
+                .bind(checkpoint)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
                 if let Some(last) = batch.last() {
                     checkpoint = last.0;
                     seen.extend(batch);
@@ -92,10 +96,17 @@ async fn a_tailing_reader_sees_every_committed_event_exactly_once() {
                     }
                     let n = 1 + (i % 3);
                     let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
-                    let events: Vec<Value> =
-                        ids.iter().map(|id| json!({"id": id, "type": "CHAOS_TEST", "data": data})).collect();
+                    let events: Vec<Value> = ids
+                        .iter()
+                        .map(|id| json!({"id": id, "type": "CHAOS_TEST", "data": data}))
+                        .collect();
                     let body = json!({"stream_id": format!("agent:writer-{w}-{}", i % 4), "events": events});
-                    let r = client.post(format!("http://127.0.0.1:{port}/v1/events")).json(&body).send().await.unwrap();
+                    let r = client
+                        .post(format!("http://127.0.0.1:{port}/v1/events"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
                     if r.status().is_success() {
                         acked.extend(ids);
                     } else {
@@ -128,6 +139,9 @@ async fn a_tailing_reader_sees_every_committed_event_exactly_once() {
     assert!(acked.len() > 500, "enough load: {} acknowledged events", acked.len());
     assert_eq!(seen_ids.len(), seen_set.len(), "the reader saw no event twice");
     assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "positions arrive in order");
-    assert_eq!(seen_set, stored, "the reader saw exactly the committed events (no skip)");
+    assert_eq!(
+        seen_set, stored,
+        "the reader saw exactly the committed events (no skip)"
+    );
     assert_eq!(stored, acked, "every acknowledged event is stored and nothing else is");
 }

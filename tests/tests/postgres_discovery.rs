@@ -6,22 +6,32 @@ use sqlx::Connection;
 
 #[tokio::test]
 async fn a_private_cluster_starts_serves_and_is_removed() {
-    let cluster = shared::pg::PrivateCluster::start().await.expect("initdb/pg_ctl are installed on this machine");
+    let cluster = shared::pg::PrivateCluster::start()
+        .await
+        .expect("initdb/pg_ctl are installed on this machine");
     let dir = cluster.dir.clone();
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
-    shared::pg::ensure_database(&shared::pg::with_database(&url, "rig").unwrap()).await.unwrap();
-    let mut c = sqlx::PgConnection::connect(&shared::pg::with_database(&url, "rig").unwrap()).await.unwrap();
+    shared::pg::ensure_database(&shared::pg::with_database(&url, "rig").unwrap())
+        .await
+        .unwrap();
+    let mut c = sqlx::PgConnection::connect(&shared::pg::with_database(&url, "rig").unwrap())
+        .await
+        .unwrap();
     let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut c).await.unwrap();
     assert_eq!(one, 1);
     c.close().await.unwrap();
     drop(cluster);
     assert!(!dir.exists(), "the cluster's directory is removed");
-    assert!(sqlx::PgConnection::connect(&url).await.is_err(), "the cluster is stopped");
+    assert!(
+        sqlx::PgConnection::connect(&url).await.is_err(),
+        "the cluster is stopped"
+    );
 }
 
 #[tokio::test]
 async fn find_or_start_prefers_a_configured_server_that_answers() {
-    let configured = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/rig_discovery_test".into());
+    let configured = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/rig_discovery_test".into());
     let pg = shared::pg::find_or_start(Some(&configured), "rig").await.unwrap();
     assert!(pg.private.is_none(), "a reachable server is used, nothing is started");
     assert_eq!(pg.url, configured);

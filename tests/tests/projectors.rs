@@ -389,7 +389,7 @@ async fn kill_repeatedly(db: &TestDb, config: &Config, binary: &str, consumer: &
             || async { (checkpoint(&db.pool, consumer).await > last).then_some(()) },
         )
         .await;
-        tokio::time::sleep(Duration::from_millis(rand::random_range(0..120))).await;
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..80))).await;
         p.proc.kill9();
         last = checkpoint(&db.pool, consumer).await;
         seen.push(last);

@@ -20,7 +20,11 @@ async fn rigctl_up_starts_everything_and_ctrl_c_stops_it_all() {
     }
     let ports = SystemPorts::new();
     let mut up = Proc::spawn("rigctl", &["up"], &ports.env(&db));
-    wait_http_ok(&format!("http://127.0.0.1:{}/readyz", ports.ingest), Duration::from_secs(60)).await;
+    wait_http_ok(
+        &format!("http://127.0.0.1:{}/readyz", ports.ingest),
+        Duration::from_secs(60),
+    )
+    .await;
     let expected = workers.iter().filter(|w| w.as_str() != "rigctl").count();
     let running = wait_for("every Procfile process to run", Duration::from_secs(30), || async {
         let pids = processes_with_env("DATABASE_URL", &db.url);
@@ -32,7 +36,11 @@ async fn rigctl_up_starts_everything_and_ctrl_c_stops_it_all() {
 
     up.signal(libc::SIGINT);
     let status = up.terminate(Duration::from_secs(30)).unwrap();
-    assert!(status.success(), "rigctl up exits 0 after Ctrl-C; log:\n{}", up.log_text());
+    assert!(
+        status.success(),
+        "rigctl up exits 0 after Ctrl-C; log:\n{}",
+        up.log_text()
+    );
     let left = wait_for("no process left behind", Duration::from_secs(10), || async {
         let pids = processes_with_env("DATABASE_URL", &db.url);
         pids.is_empty().then_some(pids)

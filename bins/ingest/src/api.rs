@@ -54,7 +54,11 @@ pub fn parse_append(body: Value) -> Result<Append, ApiError> {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_i64() {
             Some(n) if n >= 0 => Some(n),
-            _ => return Err(ApiError::InvalidRequest("expected_version must be an integer >= 0".into())),
+            _ => {
+                return Err(ApiError::InvalidRequest(
+                    "expected_version must be an integer >= 0".into(),
+                ))
+            }
         },
     };
     let list = match obj.remove("events") {
@@ -63,7 +67,9 @@ pub fn parse_append(body: Value) -> Result<Append, ApiError> {
         None => return Err(ApiError::InvalidRequest("events is required".into())),
     };
     if list.is_empty() {
-        return Err(ApiError::InvalidRequest("events is empty; send 1 to 1000 events".into()));
+        return Err(ApiError::InvalidRequest(
+            "events is empty; send 1 to 1000 events".into(),
+        ));
     }
     if list.len() > MAX_EVENTS_PER_REQUEST {
         return Err(ApiError::TooManyEvents(list.len()));
@@ -73,15 +79,24 @@ pub fn parse_append(body: Value) -> Result<Append, ApiError> {
     for (index, e) in list.into_iter().enumerate() {
         let ev = parse_event(e).map_err(|detail| ApiError::InvalidEvent { index, detail })?;
         if !seen.insert(ev.event_id) {
-            return Err(ApiError::InvalidEvent { index, detail: format!("id {} appears twice in the request", ev.event_id) });
+            return Err(ApiError::InvalidEvent {
+                index,
+                detail: format!("id {} appears twice in the request", ev.event_id),
+            });
         }
         out.push(ev);
     }
-    Ok(Append { stream, expected_version, events: out })
+    Ok(Append {
+        stream,
+        expected_version,
+        events: out,
+    })
 }
 
 fn parse_event(e: Value) -> Result<NewEvent, String> {
-    let Value::Object(mut o) = e else { return Err("each event must be a JSON object".into()) };
+    let Value::Object(mut o) = e else {
+        return Err("each event must be a JSON object".into());
+    };
     let event_type = match o.remove("type") {
         Some(Value::String(t)) => t,
         Some(_) => return Err("type must be a string".into()),
@@ -118,7 +133,14 @@ fn parse_event(e: Value) -> Result<NewEvent, String> {
             .filter(|n| (1..=i64::from(i32::MAX)).contains(n))
             .ok_or("schema_version must be an integer >= 1")? as i32,
     };
-    Ok(NewEvent { event_id, event_type, schema_version, data, metadata, occurred_at })
+    Ok(NewEvent {
+        event_id,
+        event_type,
+        schema_version,
+        data,
+        metadata,
+        occurred_at,
+    })
 }
 
 /// Appends and answers 201 (written), 200 (an idempotent retry) or the error.
@@ -176,7 +198,9 @@ pub async fn read_stream(
         None => None,
         Some(t) => Some(
             DateTime::parse_from_rfc3339(t)
-                .map_err(|_| ApiError::InvalidRequest(format!("at {t:?} is not an RFC 3339 time such as 2026-04-21T09:00:05Z")))?
+                .map_err(|_| {
+                    ApiError::InvalidRequest(format!("at {t:?} is not an RFC 3339 time such as 2026-04-21T09:00:05Z"))
+                })?
                 .with_timezone(&Utc),
         ),
     };
@@ -210,7 +234,13 @@ pub async fn read_stream(
         }),
     );
     let version = events.last().map_or(0, |e| i64::from(e.version));
-    Ok(Json(StreamView { stream_id: sid, version, events, state: state_at }).into_response())
+    Ok(Json(StreamView {
+        stream_id: sid,
+        version,
+        events,
+        state: state_at,
+    })
+    .into_response())
 }
 
 /// `GET /v1/issues/{stream_id}`
@@ -240,7 +270,10 @@ pub const STATUSES: &[&str] = &["approved", "assigned", "in_progress", "in_revie
 pub async fn list_issues(State(state): State<AppState>, Query(q): Query<IssuesQuery>) -> Result<Response, ApiError> {
     if let Some(s) = &q.status {
         if !STATUSES.contains(&s.as_str()) {
-            return Err(ApiError::InvalidRequest(format!("status must be one of {}", STATUSES.join(", "))));
+            return Err(ApiError::InvalidRequest(format!(
+                "status must be one of {}",
+                STATUSES.join(", ")
+            )));
         }
     }
     let limit = q.limit.unwrap_or(1000);

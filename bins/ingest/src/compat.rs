@@ -35,7 +35,11 @@ pub fn translate(body: Value) -> Result<Value, ApiError> {
     }
     let event_type = match fields.remove("type").or_else(|| fields.remove("event_type")) {
         Some(Value::String(t)) => t,
-        _ => return Err(ApiError::InvalidRequest("Type is required (a string such as \"HEARTBEAT\")".into())),
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "Type is required (a string such as \"HEARTBEAT\")".into(),
+            ))
+        }
     };
     let repo = fields.remove("repo");
     let number = fields.remove("issue_number");
@@ -122,7 +126,8 @@ mod tests {
 
     #[test]
     fn the_stream_comes_from_repo_and_issue_or_the_agent() {
-        let b = translate(json!({"Type":"HEARTBEAT","Repo":"acme/widgets","IssueNumber":42,"AgentId":"dev-e-node"})).unwrap();
+        let b = translate(json!({"Type":"HEARTBEAT","Repo":"acme/widgets","IssueNumber":42,"AgentId":"dev-e-node"}))
+            .unwrap();
         assert_eq!(b["stream_id"], "acme/widgets#42");
         assert_eq!(b["events"][0]["data"], json!({"agent_id": "dev-e-node"}));
         let b = translate(json!({"Type":"HEARTBEAT","Repo":"acme/widgets","IssueNumber":0,"AgentId":"dev-e"})).unwrap();

@@ -48,11 +48,17 @@ impl ApiError {
             ),
             TooManyEvents(n) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                body("too_many_events", format!("{n} events in one request; at most 1000 are allowed, split the request")),
+                body(
+                    "too_many_events",
+                    format!("{n} events in one request; at most 1000 are allowed, split the request"),
+                ),
             ),
             BodyTooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                body("body_too_large", format!("the body is larger than ingest.max_body_bytes ({max} bytes)")),
+                body(
+                    "body_too_large",
+                    format!("the body is larger than ingest.max_body_bytes ({max} bytes)"),
+                ),
             ),
             Unauthorized(d) => (StatusCode::UNAUTHORIZED, body("unauthorized", (*d).to_owned())),
             BadSignature(d) => (StatusCode::UNAUTHORIZED, body("bad_signature", (*d).to_owned())),
@@ -78,7 +84,10 @@ impl ApiError {
             Database(e) if shared::db::is_transient(e) => unavailable(),
             Database(e) => {
                 tracing::error!(error = %e, "database error");
-                (StatusCode::INTERNAL_SERVER_ERROR, body("internal", "the database refused the request".into()))
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    body("internal", "the database refused the request".into()),
+                )
             }
         }
     }
@@ -96,10 +105,12 @@ impl IntoResponse for ApiError {
         let (status, body) = self.parts();
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         resp
     }

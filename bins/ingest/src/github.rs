@@ -59,29 +59,21 @@ static CLOSING: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Compiles `ingest.github.branch_issue_pattern` once, at start.
 pub fn compile_branch_pattern(pattern: &str) -> anyhow::Result<Regex> {
-    Regex::new(pattern)
-        .map_err(|e| anyhow::anyhow!("ingest.github.branch_issue_pattern: not a valid regex: {e}"))
+    Regex::new(pattern).map_err(|e| anyhow::anyhow!("ingest.github.branch_issue_pattern: not a valid regex: {e}"))
 }
 
 /// `X-Hub-Signature-256` = `sha256=` + hex HMAC-SHA256 of the raw body, checked in constant time.
-pub fn verify_signature(
-    secret: &[u8],
-    body: &[u8],
-    header: Option<&str>,
-) -> Result<(), &'static str> {
-    let header =
-        header.ok_or("missing X-Hub-Signature-256 header; set the webhook's secret in GitHub")?;
+pub fn verify_signature(secret: &[u8], body: &[u8], header: Option<&str>) -> Result<(), &'static str> {
+    let header = header.ok_or("missing X-Hub-Signature-256 header; set the webhook's secret in GitHub")?;
     let hex_sig = header
         .trim()
         .strip_prefix("sha256=")
         .ok_or("X-Hub-Signature-256 must be `sha256=<hex digest>`")?;
     let sig = hex::decode(hex_sig).map_err(|_| "X-Hub-Signature-256 is not a hex digest")?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret)
-        .map_err(|_| "the webhook secret cannot key an HMAC")?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| "the webhook secret cannot key an HMAC")?;
     mac.update(body);
-    mac.verify_slice(&sig).map_err(|_| {
-        "X-Hub-Signature-256 does not match the body: wrong secret, or the body was changed"
-    })
+    mac.verify_slice(&sig)
+        .map_err(|_| "X-Hub-Signature-256 does not match the body: wrong secret, or the body was changed")
 }
 
 /// The issue numbers a PR body closes in `repo` (`Closes #12`, `fixes owner/repo#12`, …), in
@@ -89,16 +81,10 @@ pub fn verify_signature(
 pub fn closing_refs(body: &str, repo: &str) -> Vec<i64> {
     let mut out = Vec::new();
     for c in CLOSING.captures_iter(body) {
-        if c.get(1)
-            .is_some_and(|r| !r.as_str().eq_ignore_ascii_case(repo))
-        {
+        if c.get(1).is_some_and(|r| !r.as_str().eq_ignore_ascii_case(repo)) {
             continue;
         }
-        if let Some(n) = c
-            .get(2)
-            .and_then(|m| m.as_str().parse::<i64>().ok())
-            .filter(|n| *n > 0)
-        {
+        if let Some(n) = c.get(2).and_then(|m| m.as_str().parse::<i64>().ok()).filter(|n| *n > 0) {
             if !out.contains(&n) {
                 out.push(n);
             }
@@ -126,11 +112,7 @@ pub enum Plan {
     /// Not a fact we record (type, action, label or conclusion that does not map).
     Ignore(String),
     /// One event, for whichever issues `target` links to in `repo` (lowercased `owner/repo`).
-    Emit {
-        repo: String,
-        target: Target,
-        draft: Draft,
-    },
+    Emit { repo: String, target: Target, draft: Draft },
 }
 
 /// How a delivery finds its issue.
@@ -147,10 +129,7 @@ pub enum Target {
         branch: Option<String>,
     },
     /// CI: an earlier PR_CREATED for one of its PRs, else the branch name.
-    Ci {
-        prs: Vec<i64>,
-        branch: Option<String>,
-    },
+    Ci { prs: Vec<i64>, branch: Option<String> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,9 +147,7 @@ pub struct Link {
 }
 
 fn str_at<'a>(p: &'a Value, ptr: &str) -> Option<&'a str> {
-    p.pointer(ptr)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
+    p.pointer(ptr).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
 fn int_at(p: &Value, ptr: &str) -> Result<i64, String> {
@@ -202,8 +179,7 @@ pub fn plan(event: &str, p: &Value, approve_label: &str) -> Result<Plan, String>
                 data: Map<String, Value>,
                 occurred_at: Option<DateTime<Utc>>|
      -> Result<Plan, String> {
-        let full_name =
-            str_at(p, "/repository/full_name").ok_or("the payload lacks repository.full_name")?;
+        let full_name = str_at(p, "/repository/full_name").ok_or("the payload lacks repository.full_name")?;
         let repo = shared::stream_id::normalize_repo(full_name)
             .map_err(|e| format!("repository.full_name {full_name:?} is not owner/repo: {e}"))?;
         Ok(Plan::Emit {
@@ -219,9 +195,7 @@ pub fn plan(event: &str, p: &Value, approve_label: &str) -> Result<Plan, String>
     let pr_target = |p: &Value| -> Result<Target, String> {
         Ok(Target::Pr {
             number: int_at(p, "/pull_request/number")?,
-            body: str_at(p, "/pull_request/body")
-                .unwrap_or_default()
-                .to_owned(),
+            body: str_at(p, "/pull_request/body").unwrap_or_default().to_owned(),
             branch: str_at(p, "/pull_request/head/ref").map(str::to_owned),
         })
     };
@@ -230,9 +204,7 @@ pub fn plan(event: &str, p: &Value, approve_label: &str) -> Result<Plan, String>
         ("issues", Some("labeled")) => {
             let label = str_at(p, "/label/name").unwrap_or_default();
             if !label.eq_ignore_ascii_case(approve_label) {
-                return ignore(format!(
-                    "label {label:?} is not the approve label {approve_label:?}"
-                ));
+                return ignore(format!("label {label:?} is not the approve label {approve_label:?}"));
             }
             put(&mut data, "title", str_at(p, "/issue/title"));
             emit(
@@ -257,37 +229,20 @@ pub fn plan(event: &str, p: &Value, approve_label: &str) -> Result<Plan, String>
             }
             let branch = str_at(p, "/ref").ok_or("the payload lacks ref")?;
             put(&mut data, "branch", Some(branch));
-            emit(
-                Target::Branch(branch.to_owned()),
-                events::BRANCH_CREATED,
-                data,
-                None,
-            )
+            emit(Target::Branch(branch.to_owned()), events::BRANCH_CREATED, data, None)
         }
         ("pull_request", Some("opened")) => {
             let target = pr_target(p)?;
-            data.insert(
-                "pr_number".into(),
-                json!(int_at(p, "/pull_request/number")?),
-            );
+            data.insert("pr_number".into(), json!(int_at(p, "/pull_request/number")?));
             put(&mut data, "pr_url", str_at(p, "/pull_request/html_url"));
             put(&mut data, "branch", str_at(p, "/pull_request/head/ref"));
-            emit(
-                target,
-                events::PR_CREATED,
-                data,
-                time_at(p, "/pull_request/created_at"),
-            )
+            emit(target, events::PR_CREATED, data, time_at(p, "/pull_request/created_at"))
         }
         ("pull_request", Some("review_requested")) => {
             let target = pr_target(p)?;
-            let reviewer = str_at(p, "/requested_reviewer/login")
-                .or_else(|| str_at(p, "/requested_team/slug"));
+            let reviewer = str_at(p, "/requested_reviewer/login").or_else(|| str_at(p, "/requested_team/slug"));
             put(&mut data, "reviewer", reviewer);
-            data.insert(
-                "pr_number".into(),
-                json!(int_at(p, "/pull_request/number")?),
-            );
+            data.insert("pr_number".into(), json!(int_at(p, "/pull_request/number")?));
             emit(
                 target,
                 events::REVIEW_ASSIGNED,
@@ -300,17 +255,9 @@ pub fn plan(event: &str, p: &Value, approve_label: &str) -> Result<Plan, String>
                 return ignore("pull_request closed without merging is not mapped".into());
             }
             let target = pr_target(p)?;
-            data.insert(
-                "pr_number".into(),
-                json!(int_at(p, "/pull_request/number")?),
-            );
-            put(
-                &mut data,
-                "merge_sha",
-                str_at(p, "/pull_request/merge_commit_sha"),
-            );
-            let at = time_at(p, "/pull_request/merged_at")
-                .or_else(|| time_at(p, "/pull_request/closed_at"));
+            data.insert("pr_number".into(), json!(int_at(p, "/pull_request/number")?));
+            put(&mut data, "merge_sha", str_at(p, "/pull_request/merge_commit_sha"));
+            let at = time_at(p, "/pull_request/merged_at").or_else(|| time_at(p, "/pull_request/closed_at"));
             emit(target, events::MERGED, data, at)
         }
         ("pull_request_review", Some("submitted")) => {
@@ -324,24 +271,16 @@ pub fn plan(event: &str, p: &Value, approve_label: &str) -> Result<Plan, String>
             };
             let target = pr_target(p)?;
             put(&mut data, "reviewer", str_at(p, "/review/user/login"));
-            data.insert(
-                "pr_number".into(),
-                json!(int_at(p, "/pull_request/number")?),
-            );
+            data.insert("pr_number".into(), json!(int_at(p, "/pull_request/number")?));
             emit(target, event_type, data, time_at(p, "/review/submitted_at"))
         }
         ("check_suite" | "workflow_run", Some("completed")) => {
             let obj = &p[event];
-            let conclusion = obj
-                .get("conclusion")
-                .and_then(Value::as_str)
-                .unwrap_or("none");
+            let conclusion = obj.get("conclusion").and_then(Value::as_str).unwrap_or("none");
             let event_type = match conclusion {
                 "success" => events::CI_PASSED,
                 "failure" | "timed_out" => events::CI_FAILED,
-                other => {
-                    return ignore(format!("{event} concluded {other:?}, which is not mapped"))
-                }
+                other => return ignore(format!("{event} concluded {other:?}, which is not mapped")),
             };
             if let Some(id) = obj.get("id").filter(|v| v.is_i64() || v.is_u64()) {
                 data.insert("run_id".into(), id.clone());
@@ -392,12 +331,7 @@ pub fn prs_to_look_up(target: &Target) -> Vec<i64> {
 
 /// The issues `target` lands on, given `known`: PR number → issues that recorded a PR_CREATED
 /// for it in this repository. Empty = cannot be linked.
-pub fn links(
-    target: &Target,
-    repo: &str,
-    branch_re: &Regex,
-    known: &HashMap<i64, Vec<i64>>,
-) -> Vec<Link> {
+pub fn links(target: &Target, repo: &str, branch_re: &Regex, known: &HashMap<i64, Vec<i64>>) -> Vec<Link> {
     let plain = |n: i64| Link {
         issue: n,
         pr_number: None,
@@ -405,11 +339,7 @@ pub fn links(
     let mut out: Vec<Link> = match target {
         Target::Issue(n) => vec![plain(*n)],
         Target::Branch(b) => branch_issue(branch_re, b).map(plain).into_iter().collect(),
-        Target::Pr {
-            number,
-            body,
-            branch,
-        } => {
+        Target::Pr { number, body, branch } => {
             // The issue that already holds this PR wins: a body edited later must not move it.
             let mut issues = known.get(number).cloned().unwrap_or_default();
             if issues.is_empty() {
@@ -496,9 +426,7 @@ fn required_header<'a>(
         .filter(|v| !v.is_empty())
         .ok_or_else(|| ApiError::InvalidRequest(format!("the {name} header is required")))?;
     if !ok(v) {
-        return Err(ApiError::InvalidRequest(format!(
-            "the {name} header is malformed"
-        )));
+        return Err(ApiError::InvalidRequest(format!("the {name} header is malformed")));
     }
     Ok(v)
 }
@@ -513,18 +441,14 @@ fn parse_payload(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     });
     let payload = if form {
         let json = form_payload(bytes).ok_or_else(|| {
-            ApiError::MalformedJson(
-                "a form-encoded delivery must carry a payload=<json> field".into(),
-            )
+            ApiError::MalformedJson("a form-encoded delivery must carry a payload=<json> field".into())
         })?;
         parse_json(json.as_bytes())?
     } else {
         parse_json(bytes)?
     };
     if !payload.is_object() {
-        return Err(ApiError::MalformedJson(
-            "the payload must be a JSON object".into(),
-        ));
+        return Err(ApiError::MalformedJson("the payload must be a JSON object".into()));
     }
     Ok(payload)
 }
@@ -533,10 +457,7 @@ fn form_payload(body: &[u8]) -> Option<String> {
     let raw = body
         .split(|b| *b == b'&')
         .find_map(|pair| pair.strip_prefix(b"payload="))?;
-    let spaced: Vec<u8> = raw
-        .iter()
-        .map(|&b| if b == b'+' { b' ' } else { b })
-        .collect();
+    let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
     percent_encoding::percent_decode(&spaced)
         .decode_utf8()
         .ok()
@@ -569,11 +490,7 @@ pub async fn webhook(
         Err(e) => {
             let outcome = match &e {
                 ApiError::BadSignature(why) => {
-                    tracing::warn!(
-                        event = label,
-                        reason = why,
-                        "github delivery refused: bad signature"
-                    );
+                    tracing::warn!(event = label, reason = why, "github delivery refused: bad signature");
                     "bad_signature"
                 }
                 ApiError::Append(_) | ApiError::Database(_) => "error",
@@ -582,8 +499,7 @@ pub async fn webhook(
             (outcome, e.into_response())
         }
     };
-    metrics::counter!("rig_github_deliveries_total", "event" => label, "outcome" => outcome)
-        .increment(1);
+    metrics::counter!("rig_github_deliveries_total", "event" => label, "outcome" => outcome).increment(1);
     resp
 }
 
@@ -611,11 +527,10 @@ async fn handle(
         v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
     })?;
 
-    let previous: Option<String> =
-        sqlx::query_scalar("SELECT outcome FROM github_deliveries WHERE delivery_id = $1")
-            .bind(delivery)
-            .fetch_optional(&state.pool)
-            .await?;
+    let previous: Option<String> = sqlx::query_scalar("SELECT outcome FROM github_deliveries WHERE delivery_id = $1")
+        .bind(delivery)
+        .fetch_optional(&state.pool)
+        .await?;
     if let Some(outcome) = previous.filter(|o| o != "unlinked") {
         tracing::debug!(delivery, event, "github redelivery: nothing to do");
         return Ok(Answer {
@@ -636,40 +551,25 @@ async fn handle(
     let payload = parse_payload(headers, &bytes)?;
     let action = str_at(&payload, "/action");
     let answer = |status, outcome, fields: Value| {
-        let mut body =
-            json!({"status": outcome, "delivery": delivery, "event": event, "action": action});
+        let mut body = json!({"status": outcome, "delivery": delivery, "event": event, "action": action});
         if let (Some(b), Value::Object(f)) = (body.as_object_mut(), fields) {
             b.extend(f);
         }
-        Answer {
-            status,
-            outcome,
-            body,
-        }
+        Answer { status, outcome, body }
     };
-    let (repo, target, draft) =
-        match plan(event, &payload, &gh.approve_label).map_err(ApiError::InvalidRequest)? {
-            Plan::Ignore(why) => {
-                tracing::debug!(delivery, event, action, why, "github delivery ignored");
-                record(&state.pool, delivery, event, action, "ignored").await?;
-                return Ok(answer(
-                    StatusCode::ACCEPTED,
-                    "ignored",
-                    json!({"detail": why}),
-                ));
-            }
-            Plan::Emit {
-                repo,
-                target,
-                draft,
-            } => (repo, target, draft),
-        };
+    let (repo, target, draft) = match plan(event, &payload, &gh.approve_label).map_err(ApiError::InvalidRequest)? {
+        Plan::Ignore(why) => {
+            tracing::debug!(delivery, event, action, why, "github delivery ignored");
+            record(&state.pool, delivery, event, action, "ignored").await?;
+            return Ok(answer(StatusCode::ACCEPTED, "ignored", json!({"detail": why})));
+        }
+        Plan::Emit { repo, target, draft } => (repo, target, draft),
+    };
 
     let known = issues_of_prs(&state.pool, &repo, &prs_to_look_up(&target)).await?;
     let links = links(&target, &repo, &state.branch_issue_re, &known);
     if links.is_empty() {
-        metrics::counter!("rig_github_unlinked_total", "event" => event_label(Some(event)))
-            .increment(1);
+        metrics::counter!("rig_github_unlinked_total", "event" => event_label(Some(event))).increment(1);
         tracing::info!(
             delivery,
             event,
@@ -679,14 +579,11 @@ async fn handle(
         );
         record(&state.pool, delivery, event, action, "unlinked").await?;
         let detail = unlinked_detail(&repo, &target);
-        return Ok(answer(
-            StatusCode::ACCEPTED,
-            "unlinked",
-            json!({"detail": detail}),
-        ));
+        return Ok(answer(StatusCode::ACCEPTED, "unlinked", json!({"detail": detail})));
     }
 
-    let mut metadata = json!({"source": "github", "github_delivery": delivery, "github_event": event, "github_action": action});
+    let mut metadata =
+        json!({"source": "github", "github_delivery": delivery, "github_event": event, "github_action": action});
     if let Some(actor) = str_at(&payload, "/sender/login") {
         metadata["actor"] = json!(actor);
     }
@@ -700,9 +597,8 @@ async fn handle(
             data.entry("pr_number").or_insert(json!(pr));
         }
         let data = Value::Object(data);
-        events::validate(draft.event_type, &data).map_err(|detail| {
-            ApiError::InvalidRequest(format!("the payload maps to an invalid event: {detail}"))
-        })?;
+        events::validate(draft.event_type, &data)
+            .map_err(|detail| ApiError::InvalidRequest(format!("the payload maps to an invalid event: {detail}")))?;
         let append = Append {
             stream: stream.clone(),
             expected_version: None,
@@ -734,13 +630,7 @@ async fn handle(
         // Stored by an attempt whose answer was lost before the delivery was recorded.
         return Ok(answer(StatusCode::OK, "redelivery", fields));
     }
-    tracing::info!(
-        delivery,
-        event,
-        action,
-        ?streams,
-        "github delivery appended"
-    );
+    tracing::info!(delivery, event, action, ?streams, "github delivery appended");
     Ok(answer(StatusCode::ACCEPTED, "appended", fields))
 }
 
@@ -754,19 +644,15 @@ fn unlinked_detail(repo: &str, target: &Target) -> String {
             "PR #{number} of {repo} names no issue: no earlier PR_CREATED for it, no closing keyword \
              (`Closes #12`) in its body, and {pattern}"
         ),
-        Target::Ci { prs, .. } => format!(
-            "the run names no issue of {repo}: none of its PRs {prs:?} has a PR_CREATED, and {pattern}"
-        ),
+        Target::Ci { prs, .. } => {
+            format!("the run names no issue of {repo}: none of its PRs {prs:?} has a PR_CREATED, and {pattern}")
+        }
     }
 }
 
 /// PR number → issues of `repo` whose stream recorded a PR_CREATED for it (`issue_state`
 /// keeps the PR number; indexed by `(repo, pr_number)`).
-async fn issues_of_prs(
-    pool: &PgPool,
-    repo: &str,
-    prs: &[i64],
-) -> Result<HashMap<i64, Vec<i64>>, sqlx::Error> {
+async fn issues_of_prs(pool: &PgPool, repo: &str, prs: &[i64]) -> Result<HashMap<i64, Vec<i64>>, sqlx::Error> {
     let mut known: HashMap<i64, Vec<i64>> = HashMap::new();
     if prs.is_empty() {
         return Ok(known);
@@ -819,8 +705,7 @@ mod tests {
     }
 
     fn default_branch_re() -> Regex {
-        compile_branch_pattern(&shared::config::GithubSettings::default().branch_issue_pattern)
-            .unwrap()
+        compile_branch_pattern(&shared::config::GithubSettings::default().branch_issue_pattern).unwrap()
     }
 
     #[test]
@@ -828,10 +713,7 @@ mod tests {
         let secret = b"It's a Secret to Everybody";
         let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
         assert_eq!(sign("It's a Secret to Everybody", b"Hello, World!"), good);
-        assert_eq!(
-            verify_signature(secret, b"Hello, World!", Some(good)),
-            Ok(())
-        );
+        assert_eq!(verify_signature(secret, b"Hello, World!", Some(good)), Ok(()));
         assert!(verify_signature(secret, b"Hello, World?", Some(good)).is_err());
         assert!(verify_signature(b"another secret", b"Hello, World!", Some(good)).is_err());
     }
@@ -849,10 +731,7 @@ mod tests {
         );
         let good = sign("s", b"x");
         assert_eq!(verify_signature(s, b"x", Some(&good)), Ok(()));
-        assert_eq!(
-            verify_signature(s, b"x", Some(&format!(" {good} "))),
-            Ok(())
-        );
+        assert_eq!(verify_signature(s, b"x", Some(&format!(" {good} "))), Ok(()));
     }
 
     #[test]
@@ -892,8 +771,7 @@ mod tests {
     }
 
     fn repo_payload(extra: Value) -> Value {
-        let mut p =
-            json!({"repository": {"full_name": "Acme/Widgets"}, "sender": {"login": "octocat"}});
+        let mut p = json!({"repository": {"full_name": "Acme/Widgets"}, "sender": {"login": "octocat"}});
         if let (Some(p), Value::Object(e)) = (p.as_object_mut(), extra) {
             p.extend(e);
         }
@@ -902,47 +780,31 @@ mod tests {
 
     fn emitted(plan: Result<Plan, String>) -> (String, Target, Draft) {
         match plan.unwrap() {
-            Plan::Emit {
-                repo,
-                target,
-                draft,
-            } => (repo, target, draft),
+            Plan::Emit { repo, target, draft } => (repo, target, draft),
             Plan::Ignore(why) => panic!("ignored: {why}"),
         }
     }
 
     #[test]
     fn issue_events_map_by_action_and_label() {
-        let labeled = repo_payload(
-            json!({"action": "labeled", "label": {"name": "Agent-Ready"},
-            "issue": {"number": 12, "title": "Fix it", "updated_at": "2026-04-21T09:00:05Z", "closed_at": null}}),
-        );
+        let labeled = repo_payload(json!({"action": "labeled", "label": {"name": "Agent-Ready"},
+            "issue": {"number": 12, "title": "Fix it", "updated_at": "2026-04-21T09:00:05Z", "closed_at": null}}));
         let (repo, target, draft) = emitted(plan("issues", &labeled, "agent-ready"));
         assert_eq!(repo, "acme/widgets");
         assert_eq!(target, Target::Issue(12));
         assert_eq!(draft.event_type, events::ISSUE_APPROVED);
         assert_eq!(Value::Object(draft.data), json!({"title": "Fix it"}));
-        assert_eq!(
-            draft.occurred_at.unwrap().to_rfc3339(),
-            "2026-04-21T09:00:05+00:00"
-        );
-        assert!(matches!(
-            plan("issues", &labeled, "ready"),
-            Ok(Plan::Ignore(_))
-        ));
+        assert_eq!(draft.occurred_at.unwrap().to_rfc3339(), "2026-04-21T09:00:05+00:00");
+        assert!(matches!(plan("issues", &labeled, "ready"), Ok(Plan::Ignore(_))));
 
-        let closed = repo_payload(
-            json!({"action": "closed", "issue": {"number": 12, "closed_at": "2026-04-22T10:00:00Z"}}),
-        );
+        let closed =
+            repo_payload(json!({"action": "closed", "issue": {"number": 12, "closed_at": "2026-04-22T10:00:00Z"}}));
         assert_eq!(
             emitted(plan("issues", &closed, "agent-ready")).2.event_type,
             events::ISSUE_DONE
         );
         let assigned = repo_payload(json!({"action": "assigned", "issue": {"number": 12}}));
-        assert!(matches!(
-            plan("issues", &assigned, "agent-ready"),
-            Ok(Plan::Ignore(_))
-        ));
+        assert!(matches!(plan("issues", &assigned, "agent-ready"), Ok(Plan::Ignore(_))));
         let no_number = repo_payload(json!({"action": "closed", "issue": {}}));
         assert!(plan("issues", &no_number, "agent-ready").is_err());
     }
@@ -986,10 +848,7 @@ mod tests {
         let (_, _, draft) = emitted(plan("pull_request", &requested, "agent-ready"));
         assert_eq!(
             (draft.event_type, Value::Object(draft.data)),
-            (
-                events::REVIEW_ASSIGNED,
-                json!({"reviewer": "rev", "pr_number": 5})
-            )
+            (events::REVIEW_ASSIGNED, json!({"reviewer": "rev", "pr_number": 5}))
         );
 
         for (state, expected) in [
@@ -1001,10 +860,7 @@ mod tests {
         ] {
             let review = repo_payload(json!({"action": "submitted", "pull_request": pr,
                                               "review": {"state": state, "user": {"login": "rev"}}}));
-            match (
-                plan("pull_request_review", &review, "agent-ready").unwrap(),
-                expected,
-            ) {
+            match (plan("pull_request_review", &review, "agent-ready").unwrap(), expected) {
                 (Plan::Emit { draft, .. }, Some(t)) => assert_eq!(draft.event_type, t, "{state}"),
                 (Plan::Ignore(_), None) => {}
                 (other, _) => panic!("{state}: {other:?}"),
@@ -1041,10 +897,7 @@ mod tests {
         }
 
         let tag = repo_payload(json!({"ref": "v1.0", "ref_type": "tag"}));
-        assert!(matches!(
-            plan("create", &tag, "agent-ready"),
-            Ok(Plan::Ignore(_))
-        ));
+        assert!(matches!(plan("create", &tag, "agent-ready"), Ok(Plan::Ignore(_))));
         let branch = repo_payload(json!({"ref": "issue-12-x", "ref_type": "branch"}));
         let (_, target, draft) = emitted(plan("create", &branch, "agent-ready"));
         assert_eq!(
@@ -1052,11 +905,7 @@ mod tests {
             (Target::Branch("issue-12-x".into()), events::BRANCH_CREATED)
         );
         assert!(matches!(
-            plan(
-                "star",
-                &repo_payload(json!({"action": "created"})),
-                "agent-ready"
-            ),
+            plan("star", &repo_payload(json!({"action": "created"})), "agent-ready"),
             Ok(Plan::Ignore(_))
         ));
         assert!(matches!(
@@ -1085,10 +934,7 @@ mod tests {
             issues(links(&pr("Closes #12", "issue-7-x"), repo, &re, &none)),
             vec![12]
         );
-        assert_eq!(
-            issues(links(&pr("nothing", "issue-7-x"), repo, &re, &none)),
-            vec![7]
-        );
+        assert_eq!(issues(links(&pr("nothing", "issue-7-x"), repo, &re, &none)), vec![7]);
         assert_eq!(
             issues(links(&pr("nothing", "changes"), repo, &re, &none)),
             Vec::<i64>::new()
@@ -1156,10 +1002,7 @@ mod tests {
     #[test]
     fn form_encoded_deliveries_carry_the_payload_field() {
         let body = b"payload=%7B%22zen%22%3A%22Keep+it+logically+awesome.%22%7D";
-        assert_eq!(
-            form_payload(body).unwrap(),
-            r#"{"zen":"Keep it logically awesome."}"#
-        );
+        assert_eq!(form_payload(body).unwrap(), r#"{"zen":"Keep it logically awesome."}"#);
         assert_eq!(form_payload(b"other=1"), None);
     }
 

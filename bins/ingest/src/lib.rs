@@ -38,7 +38,10 @@ pub struct AppState {
 
 /// The whole HTTP surface, separate from serving so tests can call it in-process.
 pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
-    let ops = shared::ops::router(shared::ops::OpsState { pool: state.pool.clone(), metrics });
+    let ops = shared::ops::router(shared::ops::OpsState {
+        pool: state.pool.clone(),
+        metrics,
+    });
     Router::new()
         .route("/", get(dashboard::root))
         .route("/dashboard", get(dashboard::page))
@@ -56,7 +59,9 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
         .merge(ops)
-        .layer(axum::extract::DefaultBodyLimit::max(state.settings.ingest.max_body_bytes))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.settings.ingest.max_body_bytes,
+        ))
         .layer(axum::middleware::from_fn(track_requests))
 }
 
@@ -67,7 +72,9 @@ async fn not_found() -> Response {
 async fn method_not_allowed() -> Response {
     (
         StatusCode::METHOD_NOT_ALLOWED,
-        axum::Json(serde_json::json!({"error": "method_not_allowed", "detail": "this route does not take that method"})),
+        axum::Json(
+            serde_json::json!({"error": "method_not_allowed", "detail": "this route does not take that method"}),
+        ),
     )
         .into_response()
 }
@@ -103,11 +110,15 @@ pub fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
-        .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        .ok_or(ApiError::Unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        ))?;
     if state.settings.ingest.token_ok(token) {
         Ok(())
     } else {
-        Err(ApiError::Unauthorized("the bearer token is not one of ingest.auth_tokens"))
+        Err(ApiError::Unauthorized(
+            "the bearer token is not one of ingest.auth_tokens",
+        ))
     }
 }
 
@@ -162,6 +173,11 @@ pub async fn start(
     let branch_issue_re = github::compile_branch_pattern(&settings.ingest.github.branch_issue_pattern)?;
     let writer = Writer::spawn(pool.clone(), settings.ingest.max_batch_requests);
     let listen = settings.ingest.listen;
-    let state = AppState { pool, writer, settings: Arc::new(settings), branch_issue_re };
+    let state = AppState {
+        pool,
+        writer,
+        settings: Arc::new(settings),
+        branch_issue_re,
+    };
     shared::ops::serve(listen, app(state, metrics), shutdown).await
 }

@@ -107,7 +107,8 @@ impl Writer {
             .send(Job { append, reply })
             .await
             .map_err(|_| AppendError::Internal("the writer has stopped".into()))?;
-        rx.await.map_err(|_| AppendError::Internal("the writer dropped the request".into()))?
+        rx.await
+            .map_err(|_| AppendError::Internal("the writer dropped the request".into()))?
     }
 }
 
@@ -169,7 +170,10 @@ struct Row {
 
 enum Decision {
     /// Accepted: rows `range` of the insert.
-    Accept { first_version: i64, rows: std::ops::Range<usize> },
+    Accept {
+        first_version: i64,
+        rows: std::ops::Range<usize>,
+    },
     Done(Result<AppendOk, AppendError>),
 }
 
@@ -255,17 +259,19 @@ async fn try_commit_batch(pool: &PgPool, batch: &[Job]) -> Result<Decided, sqlx:
         .await?;
 
     // What is stored already: ids, stream heads, issue states.
-    let all_ids: Vec<Uuid> = batch.iter().flat_map(|j| j.append.events.iter().map(|e| e.event_id)).collect();
-    let stored: HashMap<Uuid, (String, i64, i64)> =
-        sqlx::query_as::<_, (Uuid, String, i32, i64)>(
-            "SELECT event_id, stream_id, version, position FROM events WHERE event_id = ANY($1)",
-        )
-        .bind(&all_ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(id, s, v, p)| (id, (s, i64::from(v), p)))
+    let all_ids: Vec<Uuid> = batch
+        .iter()
+        .flat_map(|j| j.append.events.iter().map(|e| e.event_id))
         .collect();
+    let stored: HashMap<Uuid, (String, i64, i64)> = sqlx::query_as::<_, (Uuid, String, i32, i64)>(
+        "SELECT event_id, stream_id, version, position FROM events WHERE event_id = ANY($1)",
+    )
+    .bind(&all_ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|(id, s, v, p)| (id, (s, i64::from(v), p)))
+    .collect();
     let mut stream_names: Vec<String> = batch.iter().map(|j| j.append.stream.to_string()).collect();
     stream_names.sort();
     stream_names.dedup();
@@ -286,7 +292,16 @@ async fn try_commit_batch(pool: &PgPool, batch: &[Job]) -> Result<Decided, sqlx:
     };
     let mut heads: HashMap<String, StreamHead> = versions
         .into_iter()
-        .map(|(s, v)| (s, StreamHead { version: i64::from(v.unwrap_or(0)), issue: None, issue_dirty: false }))
+        .map(|(s, v)| {
+            (
+                s,
+                StreamHead {
+                    version: i64::from(v.unwrap_or(0)),
+                    issue: None,
+                    issue_dirty: false,
+                },
+            )
+        })
         .collect();
     for st in issues {
         if let Some(h) = heads.get_mut(&st.stream_id) {
@@ -327,7 +342,10 @@ async fn try_commit_batch(pool: &PgPool, batch: &[Job]) -> Result<Decided, sqlx:
             } else {
                 format!("event id {} is already stored in another stream ({})", e.event_id, f.0)
             };
-            decisions.push(Decision::Done(Err(AppendError::DuplicateEventId { event_id: e.event_id, detail })));
+            decisions.push(Decision::Done(Err(AppendError::DuplicateEventId {
+                event_id: e.event_id,
+                detail,
+            })));
             continue;
         }
         let head = heads.get_mut(&sid).expect("every stream of the batch was loaded");
@@ -389,7 +407,10 @@ async fn try_commit_batch(pool: &PgPool, batch: &[Job]) -> Result<Decided, sqlx:
             head.issue = issue;
             head.issue_dirty = true;
         }
-        decisions.push(Decision::Accept { first_version, rows: start..rows.len() });
+        decisions.push(Decision::Accept {
+            first_version,
+            rows: start..rows.len(),
+        });
     }
 
     if rows.is_empty() {
@@ -398,7 +419,14 @@ async fn try_commit_batch(pool: &PgPool, batch: &[Job]) -> Result<Decided, sqlx:
     }
 
     let positions = insert_rows(&mut tx, &rows, now).await?;
-    upsert_issues(&mut tx, heads.values().filter(|h| h.issue_dirty).filter_map(|h| h.issue.as_ref())).await?;
+    upsert_issues(
+        &mut tx,
+        heads
+            .values()
+            .filter(|h| h.issue_dirty)
+            .filter_map(|h| h.issue.as_ref()),
+    )
+    .await?;
     upsert_agents(&mut tx, &rows, &agent_touch, now).await?;
     let last = positions.last().copied().unwrap_or(0);
     sqlx::query("SELECT pg_notify($1, $2)")
@@ -415,7 +443,10 @@ fn finish(decisions: Vec<Decision>, positions: &[i64], rows: &[Row]) -> Vec<Opti
         .into_iter()
         .map(|d| match d {
             Decision::Done(r) => Some(r),
-            Decision::Accept { first_version, rows: range } => Some(Ok(AppendOk::Created(Appended {
+            Decision::Accept {
+                first_version,
+                rows: range,
+            } => Some(Ok(AppendOk::Created(Appended {
                 stream_id: rows[range.start].stream_id.clone(),
                 first_version,
                 last_version: first_version + range.len() as i64 - 1,
@@ -426,11 +457,7 @@ fn finish(decisions: Vec<Decision>, positions: &[i64], rows: &[Row]) -> Vec<Opti
         .collect()
 }
 
-async fn insert_rows(
-    tx: &mut sqlx::PgConnection,
-    rows: &[Row],
-    now: DateTime<Utc>,
-) -> Result<Vec<i64>, sqlx::Error> {
+async fn insert_rows(tx: &mut sqlx::PgConnection, rows: &[Row], now: DateTime<Utc>) -> Result<Vec<i64>, sqlx::Error> {
     let stream_ids: Vec<&str> = rows.iter().map(|r| r.stream_id.as_str()).collect();
     let versions: Vec<i32> = rows.iter().map(|r| r.version).collect();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
@@ -520,7 +547,11 @@ async fn upsert_agents(
         if let Some(a) = r.stream_id.strip_prefix("agent:") {
             return Some(a.to_owned());
         }
-        r.data.get("agent_id").and_then(Value::as_str).map(str::to_owned).or_else(|| holder.clone())
+        r.data
+            .get("agent_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| holder.clone())
     };
     let relevant = |t: &str| {
         matches!(
@@ -572,7 +603,8 @@ async fn upsert_agents(
                 }
                 match r.data.get("current_issue") {
                     Some(Value::String(s)) => {
-                        a.current_stream_id = Some(StreamId::parse(s).map(|s| s.to_string()).unwrap_or_else(|_| s.clone()))
+                        a.current_stream_id =
+                            Some(StreamId::parse(s).map(|s| s.to_string()).unwrap_or_else(|_| s.clone()))
                     }
                     Some(Value::Number(n)) => a.current_stream_id = Some(n.to_string()),
                     Some(Value::Null) => a.current_stream_id = None,

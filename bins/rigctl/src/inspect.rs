@@ -40,7 +40,9 @@ pub async fn stream(
         .bind(&sid)
         .fetch_one(pool)
         .await?;
-    let Some(total) = total else { bail!("stream {sid} has no events") };
+    let Some(total) = total else {
+        bail!("stream {sid} has no events")
+    };
     let state = fold_issue(
         &sid,
         events.iter().map(|e| FoldInput {
@@ -52,7 +54,12 @@ pub async fn stream(
     );
     let version = events.last().map_or(0, |e| e.version);
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&json!({"stream_id": sid, "version": version, "events": events, "state": state}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"stream_id": sid, "version": version, "events": events, "state": state})
+            )?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let shown = if i64::from(version) < i64::from(total) {
@@ -61,10 +68,15 @@ pub async fn stream(
         format!("version {version}")
     };
     println!("{sid}  ·  {shown}\n");
-    println!("{:>4}  {:<20}  {:>9}  {:<22}  DETAILS", "VER", "RECORDED (UTC)", "+SINCE", "TYPE");
+    println!(
+        "{:>4}  {:<20}  {:>9}  {:<22}  DETAILS",
+        "VER", "RECORDED (UTC)", "+SINCE", "TYPE"
+    );
     let mut prev: Option<DateTime<Utc>> = None;
     for e in &events {
-        let since = prev.map(|p| human_duration(e.recorded_at - p)).unwrap_or_else(|| "".into());
+        let since = prev
+            .map(|p| human_duration(e.recorded_at - p))
+            .unwrap_or_else(|| "".into());
         prev = Some(e.recorded_at);
         println!(
             "{:>4}  {:<20}  {:>9}  {:<22}  {}",
@@ -85,10 +97,22 @@ pub async fn stream(
 /// The fields an operator looks for first, in a fixed order, then the rest.
 fn key_fields(data: &Value) -> String {
     const FIRST: &[&str] = &[
-        "agent_id", "reason", "branch", "pr_number", "reviewer", "model", "input_tokens", "output_tokens", "cost_usd",
-        "status", "current_issue", "title",
+        "agent_id",
+        "reason",
+        "branch",
+        "pr_number",
+        "reviewer",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "status",
+        "current_issue",
+        "title",
     ];
-    let Some(obj) = data.as_object() else { return String::new() };
+    let Some(obj) = data.as_object() else {
+        return String::new();
+    };
     let mut parts: Vec<String> = Vec::new();
     for k in FIRST {
         if let Some(v) = obj.get(*k) {
@@ -130,19 +154,29 @@ pub fn human_duration(d: chrono::Duration) -> String {
 }
 
 fn print_state(s: &IssueState) {
-    let t = |d: &Option<DateTime<Utc>>| d.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into());
+    let t = |d: &Option<DateTime<Utc>>| {
+        d.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
     let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     println!("  status       {}", o(&s.status));
     println!("  agent        {}", o(&s.agent_id));
     println!("  stuck_count  {}", s.stuck_count);
     println!("  last_ci      {}", o(&s.last_ci));
-    println!("  pr / branch  {} / {}", s.pr_number.map(|n| format!("#{n}")).unwrap_or_else(|| "-".into()), o(&s.branch));
+    println!(
+        "  pr / branch  {} / {}",
+        s.pr_number.map(|n| format!("#{n}")).unwrap_or_else(|| "-".into()),
+        o(&s.branch)
+    );
     println!("  first event  {}", s.first_event_at.format("%Y-%m-%d %H:%M:%S"));
     println!("  assigned at  {}", t(&s.assigned_at));
     println!("  heartbeat    {}", t(&s.last_heartbeat_at));
     println!("  done at      {}", t(&s.done_at));
     if let Some(done) = s.done_at {
-        println!("  took         {}", human_duration(done - s.first_event_at).trim_start_matches('+'));
+        println!(
+            "  took         {}",
+            human_duration(done - s.first_event_at).trim_start_matches('+')
+        );
     }
 }
 
@@ -163,7 +197,10 @@ pub async fn issues(pool: &PgPool, status: Option<&str>, as_json: bool) -> anyho
         println!("{}", serde_json::to_string_pretty(&json!({"issues": rows}))?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<40} {:<12} {:<18} {:>4} {:>5} {:<7} {:<20}", "ISSUE", "STATUS", "AGENT", "VER", "STUCK", "CI", "UPDATED (UTC)");
+    println!(
+        "{:<40} {:<12} {:<18} {:>4} {:>5} {:<7} {:<20}",
+        "ISSUE", "STATUS", "AGENT", "VER", "STUCK", "CI", "UPDATED (UTC)"
+    );
     for r in &rows {
         println!(
             "{:<40} {:<12} {:<18} {:>4} {:>5} {:<7} {:<20}",
@@ -183,7 +220,12 @@ pub async fn issues(pool: &PgPool, status: Option<&str>, as_json: bool) -> anyho
             counts.push(format!("{n} {s}"));
         }
     }
-    println!("\n{} issues{}{}", rows.len(), if counts.is_empty() { "" } else { ": " }, counts.join(", "));
+    println!(
+        "\n{} issues{}{}",
+        rows.len(),
+        if counts.is_empty() { "" } else { ": " },
+        counts.join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -193,7 +235,10 @@ pub async fn consumers(pool: &PgPool, as_json: bool) -> anyhow::Result<ExitCode>
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<16} {:>10} {:>10} {:>8} {:<7} {:<7} LAST ERROR", "CONSUMER", "POSITION", "HEAD", "LAG", "ACTIVE", "PAUSED");
+    println!(
+        "{:<16} {:>10} {:>10} {:>8} {:<7} {:<7} LAST ERROR",
+        "CONSUMER", "POSITION", "HEAD", "LAG", "ACTIVE", "PAUSED"
+    );
     for c in &list {
         println!(
             "{:<16} {:>10} {:>10} {:>8} {:<7} {:<7} {}",

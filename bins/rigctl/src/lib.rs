@@ -1,7 +1,9 @@
 //! rigctl: migrate, run everything locally (`up`), inspect streams, issues and consumers, reset
 //! and skip consumers. Human tables by default, `--json` for scripts.
 
+pub mod bench;
 pub mod inspect;
+pub mod simulate;
 pub mod up;
 
 use anyhow::Context;
@@ -70,6 +72,12 @@ pub enum Command {
         /// The position it is paused at (see `rigctl consumers`).
         position: i64,
     },
+    /// Feed a realistic simulated rig through the HTTP API: agents racing for issues, heartbeats,
+    /// branches, PRs, CI, reviews, token usage, and agents going silent for stale-heartbeat to catch.
+    Simulate(simulate::SimulateArgs),
+    /// Measure throughput, rebuild speed, latency and idle cost next to raw-Postgres baselines
+    /// (SPEC §11), in a scratch database that is dropped afterwards. JSON on stdout.
+    Bench(bench::BenchArgs),
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -81,11 +89,21 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let pool = connect(&settings).await?;
             shared::db::migrate(&pool).await.context("apply migrations")?;
             let n = shared::db::MIGRATOR.iter().count();
-            println!("migrated {} ({n} migrations applied or already current)", settings.database_url);
+            println!(
+                "migrated {} ({n} migrations applied or already current)",
+                settings.database_url
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(args) => up::run(args).await,
-        Command::Stream { stream_id, to_version, at, json } => {
+        Command::Bench(args) => bench::run(args).await,
+        Command::Simulate(args) => simulate::run(args).await,
+        Command::Stream {
+            stream_id,
+            to_version,
+            at,
+            json,
+        } => {
             let pool = connect(&load_settings()?).await?;
             inspect::stream(&pool, &stream_id, to_version, at.as_deref(), json).await
         }
@@ -102,7 +120,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let info = known_consumer(&consumer)?;
             let start = shared::consumer::reset(&pool, info).await?;
             if info.tables.is_empty() {
-                println!("reset {}: checkpoint moved to the head ({start}); nothing from before is sent again", info.name);
+                println!(
+                    "reset {}: checkpoint moved to the head ({start}); nothing from before is sent again",
+                    info.name
+                );
             } else {
                 println!(
                     "reset {}: emptied {} and moved the checkpoint to {start}; the running consumer now replays the log",
@@ -116,7 +137,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let pool = connect(&load_settings()?).await?;
             let info = known_consumer(&consumer)?;
             shared::consumer::skip(&pool, info.name, position).await?;
-            println!("skipped position {position} for {}: recorded in dead_letters; the consumer goes on", info.name);
+            println!(
+                "skipped position {position} for {}: recorded in dead_letters; the consumer goes on",
+                info.name
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -135,9 +159,11 @@ fn known_consumer(name: &str) -> anyhow::Result<&'static shared::consumer::Consu
 
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     let pool = shared::db::pool(settings.database_url.expose(), 4)?;
-    sqlx::query("SELECT 1")
-        .execute(&pool)
-        .await
-        .with_context(|| format!("cannot reach the database at {} (set DATABASE_URL or database_url in rig.toml)", settings.database_url))?;
+    sqlx::query("SELECT 1").execute(&pool).await.with_context(|| {
+        format!(
+            "cannot reach the database at {} (set DATABASE_URL or database_url in rig.toml)",
+            settings.database_url
+        )
+    })?;
     Ok(pool)
 }

@@ -2,6 +2,11 @@
 //! starts every process of the Procfile with its output prefixed by its name, and on Ctrl-C (or
 //! SIGTERM) stops them all: SIGTERM first, SIGKILL for any still running after a grace period.
 //! If one process dies, the others are stopped too, so a broken system is never half up.
+//!
+//! `--demo` adds a simulated rig (`rigctl simulate`, started two seconds after the rest), runs
+//! the notifier in dry-run, catches silent agents after 20 s instead of 30 min, and, when no
+//! `[[prices]]` are configured, gives every process the demo price table through `RIG_PRICES`
+//! (the user's configuration is never rewritten; configured prices always win).
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -23,12 +28,40 @@ pub struct UpArgs {
     /// Stop by itself after this long (e.g. "90s"); for scripted runs and tests.
     #[arg(long, value_parser = humantime_parse)]
     pub duration: Option<Duration>,
+    /// Do not build worker binaries under `cargo run` (they are already built, e.g. by a test).
+    #[arg(long)]
+    pub no_build: bool,
+    /// With --demo: number of simulated agents.
+    #[arg(long, default_value_t = 6, requires = "demo")]
+    pub demo_agents: usize,
+    /// With --demo: number of simulated issues.
+    #[arg(long, default_value_t = 30, requires = "demo")]
+    pub demo_issues: usize,
+    /// With --demo: events per second the simulated rig sends.
+    #[arg(long, default_value_t = 20.0, requires = "demo")]
+    pub demo_rate: f64,
+    /// With --demo: simulated agents that go silent once, for stale-heartbeat to catch.
+    #[arg(long, default_value_t = 1, requires = "demo")]
+    pub demo_silent_agents: usize,
 }
 
-fn humantime_parse(s: &str) -> Result<Duration, String> {
+/// The price table `up --demo` uses when none is configured: the list prices of the models the
+/// simulator uses, USD per million tokens. `rigctl simulate` also sends a model without a row
+/// (`local-qwen3-coder`), to show unpriced usage.
+pub const DEMO_PRICES: &str = concat!(
+    "[",
+    r#"{model="claude-sonnet-4-5",effective_from="2025-09-29",input_per_mtok="3.00",output_per_mtok="15.00",cache_read_per_mtok="0.30",cache_write_per_mtok="3.75"},"#,
+    r#"{model="claude-opus-4-1",effective_from="2025-08-05",input_per_mtok="15.00",output_per_mtok="75.00",cache_read_per_mtok="1.50",cache_write_per_mtok="18.75"},"#,
+    r#"{model="claude-haiku-4-5",effective_from="2025-10-15",input_per_mtok="1.00",output_per_mtok="5.00",cache_read_per_mtok="0.10",cache_write_per_mtok="1.25"}"#,
+    "]"
+);
+
+pub(crate) fn humantime_parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 90s or 5m"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 90s or 5m"))?;
     match unit {
         "" | "s" => Ok(Duration::from_secs(n)),
         "ms" => Ok(Duration::from_millis(n)),
@@ -52,12 +85,17 @@ pub fn parse_procfile(text: &str) -> anyhow::Result<Vec<ProcLine>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (name, cmd) = line.split_once(':').with_context(|| format!("Procfile line {}: expected `name: command`", i + 1))?;
+        let (name, cmd) = line
+            .split_once(':')
+            .with_context(|| format!("Procfile line {}: expected `name: command`", i + 1))?;
         let command: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
         if name.trim().is_empty() || command.is_empty() {
             bail!("Procfile line {}: expected `name: command`", i + 1);
         }
-        out.push(ProcLine { name: name.trim().to_owned(), command });
+        out.push(ProcLine {
+            name: name.trim().to_owned(),
+            command,
+        });
     }
     Ok(out)
 }
@@ -93,8 +131,12 @@ fn resolve(name: &str) -> PathBuf {
 /// Under `cargo run`, builds the worker binaries this Procfile names that are missing or older
 /// than rigctl, so `cargo run -p rigctl -- up` needs no separate build step.
 fn build_missing(lines: &[ProcLine]) -> anyhow::Result<()> {
-    let Ok(cargo) = std::env::var("CARGO") else { return Ok(()) };
-    let Ok(exe) = std::env::current_exe() else { return Ok(()) };
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return Ok(());
+    };
+    let Ok(exe) = std::env::current_exe() else {
+        return Ok(());
+    };
     let Some(dir) = exe.parent() else { return Ok(()) };
     let mine = std::fs::metadata(&exe).and_then(|m| m.modified()).ok();
     let mut packages: Vec<String> = Vec::new();
@@ -141,8 +183,11 @@ struct Running {
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let settings = crate::load_settings()?;
     let procfile = find_procfile(args.procfile.clone())?;
-    let lines = parse_procfile(&std::fs::read_to_string(&procfile).with_context(|| format!("read {}", procfile.display()))?)?;
-    build_missing(&lines)?;
+    let lines =
+        parse_procfile(&std::fs::read_to_string(&procfile).with_context(|| format!("read {}", procfile.display()))?)?;
+    if !args.no_build {
+        build_missing(&lines)?;
+    }
 
     println!("finding Postgres …");
     let pg = shared::pg::find_or_start(Some(settings.database_url.expose()), "rig").await?;
@@ -160,9 +205,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.demo || !notifier_url {
         env.insert("RIG_NOTIFIER__DRY_RUN".into(), "true".into());
     }
+    let mut demo_prices = false;
     if args.demo {
         set_default(&mut env, "RIG_STALE_HEARTBEAT__THRESHOLD", "20s");
         set_default(&mut env, "RIG_STALE_HEARTBEAT__CHECK_INTERVAL", "2s");
+        if settings.prices.is_empty() {
+            env.insert("RIG_PRICES".into(), DEMO_PRICES.into());
+            demo_prices = true;
+        }
     }
 
     let mut running: Vec<Running> = Vec::new();
@@ -173,7 +223,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             continue; // migrations ran above
         }
         match spawn(l, &env, &line_tx) {
-            Ok(child) => running.push(Running { name: l.name.clone(), child }),
+            Ok(child) => running.push(Running {
+                name: l.name.clone(),
+                child,
+            }),
             Err(e) => {
                 stop_all(&mut running);
                 return Err(e);
@@ -182,26 +235,53 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let mut demo = None;
     if args.demo {
-        let sim = ProcLine {
+        let mut command: Vec<String> = vec!["rigctl".into(), "simulate".into()];
+        for (flag, value) in [
+            ("--agents", args.demo_agents.to_string()),
+            ("--issues", args.demo_issues.to_string()),
+            ("--rate", args.demo_rate.to_string()),
+            ("--silent-agents", args.demo_silent_agents.to_string()),
+        ] {
+            command.push(flag.into());
+            command.push(value);
+        }
+        demo = Some(ProcLine {
             name: "simulate".into(),
-            command: ["rigctl", "simulate", "--agents", "6", "--issues", "30", "--rate", "20", "--silent-agents", "1"]
-                .map(String::from)
-                .to_vec(),
-        };
-        demo = Some(sim);
+            command,
+        });
     }
     std::thread::spawn(move || {
         for (name, line) in line_rx {
             println!("{name:>width$} | {line}");
         }
     });
-    print_where_to_look(&settings, args.demo);
 
     let shutdown = shared::shutdown::on_signal();
     let started = Instant::now();
     let mut demo_started = false;
+    let mut announced = false;
+    let api = crate::simulate::default_url(settings.ingest.listen);
+    let probe = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
     let mut failed: Option<String> = None;
     while !shutdown.is_cancelled() {
+        // "Where to look" once ingest answers, so every address printed works when read.
+        if !announced {
+            let ready = answers(&probe, &format!("{api}/readyz")).await;
+            if ready || started.elapsed() > Duration::from_secs(30) {
+                announced = true;
+                let dashboard = ready && answers(&probe, &format!("{api}/dashboard")).await;
+                let look = Look {
+                    api: &api,
+                    settings: &settings,
+                    lines: &lines,
+                    demo: args.demo,
+                    demo_prices,
+                    dashboard,
+                    ready,
+                };
+                print_where_to_look(&look);
+            }
+        }
         if let Some(d) = args.duration {
             if started.elapsed() >= d {
                 println!("--duration {d:?} reached; stopping");
@@ -211,8 +291,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         if let Some(sim) = &demo {
             if !demo_started && started.elapsed() > Duration::from_secs(2) {
                 demo_started = true;
-                if let Ok(child) = spawn(sim, &env, &line_tx) {
-                    running.push(Running { name: sim.name.clone(), child });
+                match spawn(sim, &env, &line_tx) {
+                    Ok(child) => running.push(Running {
+                        name: sim.name.clone(),
+                        child,
+                    }),
+                    // The system itself is fine: keep it up, say why there is no simulated rig.
+                    Err(e) => eprintln!("rigctl up: the simulated rig did not start: {e:#}"),
                 }
             }
         }
@@ -246,7 +331,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     stop_all(&mut running);
     drop(pg);
     println!("all stopped");
-    Ok(if failed.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn set_default(env: &mut HashMap<String, String>, key: &str, value: &str) {
@@ -255,20 +344,44 @@ fn set_default(env: &mut HashMap<String, String>, key: &str, value: &str) {
     }
 }
 
-fn spawn(l: &ProcLine, env: &HashMap<String, String>, lines: &std::sync::mpsc::Sender<(String, String)>) -> anyhow::Result<Child> {
+fn spawn(
+    l: &ProcLine,
+    env: &HashMap<String, String>,
+    lines: &std::sync::mpsc::Sender<(String, String)>,
+) -> anyhow::Result<Child> {
     let program = resolve(&l.command[0]);
     let mut cmd = Command::new(&program);
-    cmd.args(&l.command[1..]).envs(env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(&l.command[1..])
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // Own process group: the terminal's Ctrl-C reaches rigctl, which then stops children in order.
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("start {} ({}); build the workspace with `cargo build --workspace`", l.name, program.display()))?;
-    for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+    let mut child = cmd.spawn().with_context(|| {
+        format!(
+            "start {} ({}); build the workspace with `cargo build --workspace`",
+            l.name,
+            program.display()
+        )
+    })?;
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
         let tx = lines.clone();
         let name = l.name.clone();
         std::thread::spawn(move || {
@@ -307,15 +420,68 @@ fn stop_all(running: &mut [Running]) {
     }
 }
 
-fn print_where_to_look(s: &shared::Settings, demo: bool) {
-    let api = format!("http://{}", s.ingest.listen);
+async fn answers(client: &reqwest::Client, url: &str) -> bool {
+    client.get(url).send().await.is_ok_and(|r| r.status().is_success())
+}
+
+struct Look<'a> {
+    api: &'a str,
+    settings: &'a shared::Settings,
+    lines: &'a [ProcLine],
+    demo: bool,
+    demo_prices: bool,
+    dashboard: bool,
+    ready: bool,
+}
+
+/// The addresses and commands worth a look, only for what this Procfile runs.
+fn print_where_to_look(l: &Look<'_>) {
+    let (api, s) = (l.api, l.settings);
+    let runs = |bin: &str| l.lines.iter().any(|p| p.command[0] == bin);
     println!();
-    println!("rig-conductor is up{}:", if demo { " with a simulated rig" } else { "" });
-    println!("  API            {api}/v1/issues   {api}/v1/agents   {api}/v1/costs/daily");
-    println!("  dashboard      {api}/dashboard");
-    println!("  metrics        {api}/metrics (ingest)   :{} stale-heartbeat  :{} cost-projector  :{} token-projector  :{} notifier",
-        s.stale_heartbeat.metrics_listen.port(), s.cost_projector.metrics_listen.port(), s.token_projector.metrics_listen.port(), s.notifier.metrics_listen.port());
-    println!("  try            rigctl issues    rigctl consumers    rigctl stream 'demo/widgets#1'");
+    if l.ready {
+        println!(
+            "rig-conductor is up{}:",
+            if l.demo {
+                " with a simulated rig (starting now)"
+            } else {
+                ""
+            }
+        );
+    } else {
+        println!("rig-conductor is starting, but ingest does not answer on {api} yet; the addresses:");
+    }
+    if runs("rig-ingest") {
+        println!("  API            {api}/v1/issues   {api}/v1/agents   {api}/v1/costs/daily   {api}/v1/usage?agent_id=dev-ada");
+        if l.dashboard {
+            println!("  dashboard      {api}/dashboard");
+        }
+        println!("  metrics        {api}/metrics (rig-ingest)");
+    }
+    let workers = [
+        ("rig-stale-heartbeat", s.stale_heartbeat.metrics_listen),
+        ("rig-cost-projector", s.cost_projector.metrics_listen),
+        ("rig-token-projector", s.token_projector.metrics_listen),
+        ("rig-notifier", s.notifier.metrics_listen),
+    ];
+    for (bin, addr) in workers.iter().filter(|(b, _)| runs(b)) {
+        println!(
+            "                 {}/metrics ({bin})",
+            crate::simulate::default_url(*addr)
+        );
+    }
+    if l.demo {
+        println!("  try            rigctl issues    rigctl consumers    rigctl stream 'demo/widgets#1'");
+        println!("                 rigctl stream 'demo/widgets#1' --to-version 4    rigctl issues --status approved");
+        if runs("rig-notifier") {
+            println!("  notifier       dry run: the Discord messages it would post are logged under \"notifier\"");
+        }
+        if l.demo_prices {
+            println!("  prices         demo price table (no [[prices]] configured); local-qwen3-coder stays unpriced");
+        }
+    } else {
+        println!("  try            rigctl issues    rigctl consumers    rigctl stream '<owner>/<repo>#<n>'");
+    }
     println!("  stop           Ctrl-C");
     println!();
 }
