@@ -248,7 +248,13 @@ impl Settings {
 
     /// The layered providers, for tests that add their own on top.
     pub fn figment(toml_path: PathBuf) -> Result<Figment, ConfigError> {
-        let mut fig = Figment::new().merge(Toml::file_exact(toml_path)).merge(
+        // No rig.toml is fine (defaults and environment); RIG_CONFIG naming a missing file is not,
+        // and `load` reports that before we get here.
+        let mut fig = Figment::new();
+        if toml_path.exists() {
+            fig = fig.merge(Toml::file_exact(toml_path));
+        }
+        fig = fig.merge(
             // RIG_CONFIG and RIG_LOG_FORMAT steer the process, they are not settings; nor is
             // RIG_SIMULATE_TOKEN, the token `rigctl simulate` sends (read by clap).
             Env::prefixed("RIG_")
@@ -369,6 +375,13 @@ mod tests {
 
     fn from_toml(toml: &str) -> Result<Settings, ConfigError> {
         Settings::extract(Figment::new().merge(Toml::string(toml)))
+    }
+
+    #[test]
+    fn a_missing_rig_toml_means_defaults() {
+        let fig = Settings::figment(PathBuf::from("/nonexistent/rig.toml")).unwrap();
+        let s: Settings = fig.extract().unwrap();
+        assert_eq!(s.ingest.listen.port(), 8080);
     }
 
     #[test]
