@@ -11,6 +11,32 @@ use std::time::Duration;
 
 const ISSUES: i64 = 9;
 
+/// `rigctl up` under test. Dropping a `Proc` SIGKILLs it, which would orphan the workers it
+/// started (each in its own process group); so a failing test first lets it stop them (Ctrl-C),
+/// then kills whatever still runs with this test's database.
+struct Up {
+    proc: Proc,
+    db_url: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.proc.try_wait().is_none() {
+            self.proc.signal(libc::SIGINT);
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while self.proc.try_wait().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        for pid in processes_with_env("DATABASE_URL", &self.db_url) {
+            // SAFETY: signalling a process this test started (found by its unique database URL).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn demo_works_issues_to_done_catches_the_silent_agent_and_ctrl_c_stops_everything() {
     let db = TestDb::new().await;
@@ -41,7 +67,11 @@ async fn demo_works_issues_to_done_catches_the_silent_agent_and_ctrl_c_stops_eve
         "--demo-rate",
         "60",
     ];
-    let mut up = Proc::spawn("rigctl", &args, &env);
+    let mut up = Up {
+        proc: Proc::spawn("rigctl", &args, &env),
+        db_url: db.url.clone(),
+    };
+    let up = &mut up.proc;
     let api = format!("http://127.0.0.1:{}", ports.ingest);
     wait_http_ok(&format!("{api}/readyz"), Duration::from_secs(60)).await;
 
