@@ -603,3 +603,49 @@ async fn ops_endpoints_answer() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
 }
+
+/// The batch's agent ids travel to Postgres inside an SQL literal (writer.rs, `begin`): ids with
+/// quotes, backslashes and non-ASCII text must arrive intact and change nothing else.
+#[tokio::test]
+async fn agent_ids_with_quotes_and_backslashes_are_stored_as_sent() {
+    let db = TestDb::new().await;
+    let ingest = TestIngest::start(&db).await;
+    let c = reqwest::Client::new();
+    let url = ingest.url("/v1/events");
+    let nasty = [
+        r"o'brien",
+        r"back\slash",
+        r"quote'); DROP TABLE events; --",
+        "E'\\x27'",
+        "ünïcødé 🚀",
+    ];
+    for (i, agent) in nasty.iter().enumerate() {
+        let stream = format!("acme/widgets#{}", 100 + i);
+        let (s, b) = post(
+            &c,
+            &url,
+            &json!({"stream_id": stream, "events": [{"type": "ISSUE_APPROVED"},
+                    {"type": "ISSUE_ASSIGNED", "data": {"agent_id": agent}},
+                    {"type": "HEARTBEAT", "data": {"agent_id": agent}}]}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{agent}: {b}");
+        // A second request reads the holder back through the same path.
+        let (s, b) = post(
+            &c,
+            &url,
+            &json!({"stream_id": stream, "events": [{"type": "ISSUE_ASSIGNED", "data": {"agent_id": "someone-else"}}]}),
+        )
+        .await;
+        assert_eq!((s, b["agent_id"].as_str()), (StatusCode::CONFLICT, Some(*agent)), "{b}");
+    }
+    let mut stored: Vec<String> = sqlx::query_scalar("SELECT agent_id FROM agent_status ORDER BY agent_id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let mut expected: Vec<String> = nasty.iter().map(|s| s.to_string()).collect();
+    stored.sort();
+    expected.sort();
+    assert_eq!(stored, expected);
+    assert_eq!(db.events().await, 3 * nasty.len() as i64);
+}

@@ -107,9 +107,12 @@ fn parse_event(e: Value) -> Result<NewEvent, String> {
         Some(d) => d,
     };
     events::validate(&event_type, &data)?;
-    let event_id = match o.remove("id") {
-        None | Some(Value::Null) => Uuid::new_v4(),
-        Some(Value::String(s)) => Uuid::parse_str(&s).map_err(|_| format!("id {s:?} is not a UUID"))?,
+    let (event_id, id_from_client) = match o.remove("id") {
+        None | Some(Value::Null) => (Uuid::new_v4(), false),
+        Some(Value::String(s)) => (
+            Uuid::parse_str(&s).map_err(|_| format!("id {s:?} is not a UUID"))?,
+            true,
+        ),
         Some(_) => return Err("id must be a UUID string".into()),
     };
     let metadata = match o.remove("metadata") {
@@ -135,6 +138,7 @@ fn parse_event(e: Value) -> Result<NewEvent, String> {
     };
     Ok(NewEvent {
         event_id,
+        id_from_client,
         event_type,
         schema_version,
         data,

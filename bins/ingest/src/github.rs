@@ -453,7 +453,8 @@ fn parse_payload(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     Ok(payload)
 }
 
-fn form_payload(body: &[u8]) -> Option<String> {
+/// The `payload` field of a form-encoded delivery, percent-decoded (public for the fuzz targets).
+pub fn form_payload(body: &[u8]) -> Option<String> {
     let raw = body
         .split(|b| *b == b'&')
         .find_map(|pair| pair.strip_prefix(b"payload="))?;
@@ -604,6 +605,7 @@ async fn handle(
             expected_version: None,
             events: vec![NewEvent {
                 event_id: event_id(delivery, index),
+                id_from_client: true,
                 event_type: draft.event_type.to_owned(),
                 schema_version: 1,
                 data,

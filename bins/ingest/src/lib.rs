@@ -32,8 +32,9 @@ pub struct AppState {
     pub pool: PgPool,
     pub writer: Writer,
     pub settings: Arc<Settings>,
-    /// `ingest.github.branch_issue_pattern`, compiled once at start.
-    pub branch_issue_re: regex::Regex,
+    /// `ingest.github.branch_issue_pattern`, compiled once at start. In an `Arc` because the
+    /// state is cloned for every request, and cloning a `Regex` builds a new match cache.
+    pub branch_issue_re: Arc<regex::Regex>,
 }
 
 /// The whole HTTP surface, separate from serving so tests can call it in-process.
@@ -177,7 +178,7 @@ pub async fn start(
         pool,
         writer,
         settings: Arc::new(settings),
-        branch_issue_re,
+        branch_issue_re: Arc::new(branch_issue_re),
     };
     shared::ops::serve(listen, app(state, metrics), shutdown).await
 }

@@ -1,32 +1,43 @@
 //! Group commit: the one place that writes `events`.
 //!
-//! Append requests are validated by the HTTP layer, then queued here. One writer task drains
-//! whatever is waiting into ONE transaction (many requests, one fsync), yet decides each
-//! request's fate on its own: a version conflict, a duplicate id or a refused claim answers that
-//! request alone and never fails or delays another in the batch.
+//! Append requests are validated by the HTTP layer, then queued here. A writer drains whatever
+//! is waiting into ONE transaction (many requests, one fsync), yet decides each request's fate
+//! on its own: a version conflict, a duplicate id or a refused claim answers that request alone
+//! and never fails or delays another in the batch.
 //!
-//! **No skipped events (SPEC §2).** The first statement of every append transaction is
-//! `pg_advisory_xact_lock(APPEND_LOCK_KEY)`. Positions come from an identity column and are
-//! drawn only while the lock is held, and the lock is released after the commit is visible, so
-//! transactions commit in position order, across any number of ingest processes. A reader that
-//! sees position N therefore already sees every committed position below N, and consumers can
-//! tail with a plain `position > checkpoint`. A rolled-back append leaves a gap, never a late
-//! arrival. We chose this over reading below the xid horizon (`pg_snapshot_xmin`) because group
-//! commit already makes the serialised section one transaction per batch, so the lock costs
-//! little, and every reader (consumers, `rigctl`, ad-hoc SQL) stays simple and obviously right.
-//! The same lock makes the per-stream version checks and the exclusive claim rule race-free.
+//! **No skipped events (SPEC §2).** The first statement of every append transaction takes
+//! `pg_advisory_xact_lock(APPEND_LOCK_KEY)` (inside `rig_append_begin`, migration 0021).
+//! Positions come from an identity column and are drawn only while the lock is held, and the
+//! lock is released after the commit is visible, so transactions commit in position order,
+//! across any number of ingest processes. A reader that sees position N therefore already sees
+//! every committed position below N, and consumers can tail with a plain `position > checkpoint`.
+//! A rolled-back append leaves a gap, never a late arrival. We chose this over reading below the
+//! xid horizon (`pg_snapshot_xmin`) because group commit already makes the serialised section
+//! one transaction per batch, so the lock costs little, and every reader (consumers, `rigctl`,
+//! ad-hoc SQL) stays simple and obviously right. The same lock makes the per-stream version
+//! checks and the exclusive claim rule race-free.
+//!
+//! **Throughput.** Only the lock holder makes progress, so the time a batch holds the lock
+//! bounds the append rate, and under load that time is mostly round trips (each one waits for
+//! the other side to be scheduled). A batch holds the lock for three: BEGIN with
+//! `rig_append_begin` (lock, then every read the batch is judged against, as one json), one
+//! statement that inserts the events, upserts `issue_state` and `agent_status` and notifies,
+//! and COMMIT, which does not wait for its fsync (see `end`). One writer per process: a second
+//! one, queued on the lock with the next batch, measured slower (the same requests split into
+//! batches half the size).
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::db::{is_transient, APPEND_LOCK_KEY, EVENTS_CHANNEL};
 use shared::events;
 use shared::fold::{FoldInput, IssueState};
 use shared::StreamId;
+use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool, Postgres};
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -34,6 +45,9 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_id: Uuid,
+    /// False when ingest drew the id itself: a fresh v4 UUID cannot be stored already, so the
+    /// batch does not look it up (the unique constraint still stands behind it).
+    pub id_from_client: bool,
     pub event_type: String,
     pub schema_version: i32,
     pub data: Value,
@@ -113,6 +127,9 @@ impl Writer {
 }
 
 async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    // A connection of its own, kept across batches (no acquire and ping per batch); replaced
+    // after any error that may have broken it.
+    let mut conn: Option<PoolConnection<Postgres>> = None;
     let mut carry: Vec<Job> = Vec::new();
     loop {
         let mut batch = std::mem::take(&mut carry);
@@ -135,46 +152,28 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>, max_batch: usize
         }
         let started = Instant::now();
         let n = batch.len();
-        carry = commit_batch(&pool, batch).await;
+        carry = commit_batch(&pool, &mut conn, batch).await;
         metrics::histogram!("rig_ingest_batch_duration_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("rig_ingest_batch_requests").record((n - carry.len()) as f64);
     }
 }
 
-/// Per-stream state as the batch sees it, updated as requests are accepted.
-struct StreamHead {
-    version: i64,
-    issue: Option<IssueState>,
-    issue_dirty: bool,
+/// The writer's connection, connecting if it has none.
+async fn connection<'c>(
+    pool: &PgPool,
+    conn: &'c mut Option<PoolConnection<Postgres>>,
+) -> Result<&'c mut PgConnection, sqlx::Error> {
+    if conn.is_none() {
+        *conn = Some(pool.acquire().await?);
+    }
+    Ok(conn.as_mut().expect("just set"))
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
-struct AgentRow {
-    agent_id: String,
-    last_heartbeat_at: Option<DateTime<Utc>>,
-    current_stream_id: Option<String>,
-    status: Option<String>,
-    updated_at: DateTime<Utc>,
-}
-
-struct Row {
-    stream_id: String,
-    version: i32,
-    event_id: Uuid,
-    event_type: String,
-    schema_version: i32,
-    data: Value,
-    metadata: Value,
-    occurred_at: Option<DateTime<Utc>>,
-}
-
-enum Decision {
-    /// Accepted: rows `range` of the insert.
-    Accept {
-        first_version: i64,
-        rows: std::ops::Range<usize>,
-    },
-    Done(Result<AppendOk, AppendError>),
+/// Drops a connection that failed: it may be broken or mid-transaction.
+async fn discard(conn: &mut Option<PoolConnection<Postgres>>) {
+    if let Some(c) = conn.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
+    }
 }
 
 /// Commits one batch; returns the jobs to run in the next batch (they reuse ids that an earlier
@@ -182,21 +181,34 @@ enum Decision {
 ///
 /// A non-transient database error fails a whole transaction; so that one request's failure
 /// never fails the others, such a batch is retried one request per transaction.
-async fn commit_batch(pool: &PgPool, batch: Vec<Job>) -> Vec<Job> {
-    match try_commit_batch(pool, &batch).await {
+async fn commit_batch(pool: &PgPool, conn: &mut Option<PoolConnection<Postgres>>, batch: Vec<Job>) -> Vec<Job> {
+    let result = match connection(pool, conn).await {
+        Ok(c) => try_commit_batch(c, &batch).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(decided) => reply_all(batch, decided),
         Err(e) if batch.len() > 1 && !is_transient(&e) => {
             tracing::warn!(error = %e, requests = batch.len(), "batch failed; retrying each request alone");
+            discard(conn).await;
             let mut carry = Vec::new();
             for job in batch {
-                match try_commit_batch(pool, std::slice::from_ref(&job)).await {
+                let result = match connection(pool, conn).await {
+                    Ok(c) => try_commit_batch(c, std::slice::from_ref(&job)).await,
+                    Err(e) => Err(e),
+                };
+                match result {
                     Ok(decided) => carry.extend(reply_all(vec![job], decided)),
-                    Err(e) => fail_all(vec![job], &e),
+                    Err(e) => {
+                        discard(conn).await;
+                        fail_all(vec![job], &e)
+                    }
                 }
             }
             carry
         }
         Err(e) => {
+            discard(conn).await;
             fail_all(batch, &e);
             Vec::new()
         }
@@ -250,85 +262,132 @@ fn record_outcome(r: &Result<AppendOk, AppendError>) {
 
 type Decided = (Vec<Option<Result<AppendOk, AppendError>>>, HashSet<usize>);
 
-async fn try_commit_batch(pool: &PgPool, batch: &[Job]) -> Result<Decided, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // Must stay the first statement: it orders commits by position (see the module doc).
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp() FROM pg_advisory_xact_lock($1)")
-        .bind(APPEND_LOCK_KEY)
-        .fetch_one(&mut *tx)
-        .await?;
+/// What `rig_append_begin` returns: the state the batch is judged against, read under the lock.
+#[derive(Deserialize)]
+struct Lookup {
+    now: DateTime<Utc>,
+    /// Client-given ids already stored: (event_id, stream_id, version, position).
+    stored: Vec<(Uuid, String, i64, i64)>,
+    /// Current version of each stream of the batch that has events.
+    /// The version of each stream of the batch that has events but no `issue_state` row.
+    versions: HashMap<String, i64>,
+    issues: Vec<IssueState>,
+    agents: Vec<AgentRow>,
+}
 
-    // What is stored already: ids, stream heads, issue states.
-    let all_ids: Vec<Uuid> = batch
-        .iter()
-        .flat_map(|j| j.append.events.iter().map(|e| e.event_id))
-        .collect();
-    let stored: HashMap<Uuid, (String, i64, i64)> = sqlx::query_as::<_, (Uuid, String, i32, i64)>(
-        "SELECT event_id, stream_id, version, position FROM events WHERE event_id = ANY($1)",
-    )
-    .bind(&all_ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|(id, s, v, p)| (id, (s, i64::from(v), p)))
-    .collect();
-    let mut stream_names: Vec<String> = batch.iter().map(|j| j.append.stream.to_string()).collect();
-    stream_names.sort();
-    stream_names.dedup();
-    let versions: Vec<(String, Option<i32>)> = sqlx::query_as(
-        "SELECT s, (SELECT max(version) FROM events e WHERE e.stream_id = s) FROM unnest($1::text[]) AS s",
-    )
-    .bind(&stream_names)
-    .fetch_all(&mut *tx)
-    .await?;
-    let issue_names: Vec<&String> = stream_names.iter().filter(|s| !s.starts_with("agent:")).collect();
-    let issues: Vec<IssueState> = if issue_names.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_as("SELECT * FROM issue_state WHERE stream_id = ANY($1)")
-            .bind(&issue_names)
-            .fetch_all(&mut *tx)
-            .await?
-    };
-    let mut heads: HashMap<String, StreamHead> = versions
-        .into_iter()
-        .map(|(s, v)| {
-            (
-                s,
-                StreamHead {
-                    version: i64::from(v.unwrap_or(0)),
-                    issue: None,
-                    issue_dirty: false,
-                },
-            )
-        })
-        .collect();
-    for st in issues {
-        if let Some(h) = heads.get_mut(&st.stream_id) {
-            h.issue = Some(st);
+#[derive(Clone, Debug, Deserialize)]
+struct AgentRow {
+    agent_id: String,
+    last_heartbeat_at: Option<DateTime<Utc>>,
+    current_stream_id: Option<String>,
+    status: Option<String>,
+    updated_at: DateTime<Utc>,
+}
+
+/// Per-stream state as the batch sees it, updated as requests are accepted.
+struct StreamHead {
+    version: i64,
+    issue: Option<IssueState>,
+    issue_dirty: bool,
+}
+
+/// One event to insert: event `event` of job `job`, at `version` of the job's stream.
+struct Row {
+    job: usize,
+    event: usize,
+    version: i32,
+    /// Who held the issue just before this event (the agent a release or a merge concerns).
+    holder: Option<String>,
+}
+
+enum Decision {
+    /// Accepted: rows `rows` of the insert.
+    Accept {
+        first_version: i64,
+        rows: std::ops::Range<usize>,
+    },
+    Done(Result<AppendOk, AppendError>),
+}
+
+/// The agents a batch may touch, named by the batch itself: agent streams and `agent_id`s in
+/// event data. (The current holders of its issues are added by `rig_append_begin`.)
+fn named_agents(batch: &[Job]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for j in batch {
+        if let StreamId::Agent(a) = &j.append.stream {
+            names.push(a.clone());
+        }
+        for e in &j.append.events {
+            if let Some(a) = e.data.get("agent_id").and_then(Value::as_str) {
+                names.push(a.to_owned());
+            }
         }
     }
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+async fn try_commit_batch(conn: &mut PgConnection, batch: &[Job]) -> Result<Decided, sqlx::Error> {
+    let sids: Vec<String> = batch.iter().map(|j| j.append.stream.to_string()).collect();
+    let client_ids: Vec<Uuid> = batch
+        .iter()
+        .flat_map(|j| j.append.events.iter().filter(|e| e.id_from_client).map(|e| e.event_id))
+        .collect();
+    let mut stream_names: Vec<&str> = sids.iter().map(String::as_str).collect();
+    stream_names.sort_unstable();
+    stream_names.dedup();
+    let agents = named_agents(batch);
+
+    let mut lookup = begin(conn, &client_ids, &stream_names, &agents).await?;
+    let now = lookup.now;
+
+    let stored: HashMap<Uuid, (String, i64, i64)> =
+        lookup.stored.into_iter().map(|(id, s, v, p)| (id, (s, v, p))).collect();
+    let mut issue_rows: HashMap<String, IssueState> = std::mem::take(&mut lookup.issues)
+        .into_iter()
+        .map(|st| (st.stream_id.clone(), st))
+        .collect();
+    let mut heads: HashMap<&str, StreamHead> = stream_names
+        .iter()
+        .map(|s| {
+            let issue = issue_rows.remove(*s);
+            let head = StreamHead {
+                // An issue stream's version is kept in its row, written with every append.
+                version: issue
+                    .as_ref()
+                    .map(|i| i64::from(i.version))
+                    .or_else(|| lookup.versions.get(*s).copied())
+                    .unwrap_or(0),
+                issue,
+                issue_dirty: false,
+            };
+            (*s, head)
+        })
+        .collect();
 
     // Judge each request in arrival order against the state left by the ones before it.
     let mut rows: Vec<Row> = Vec::new();
     let mut decisions: Vec<Decision> = Vec::with_capacity(batch.len());
     let mut carry: HashSet<usize> = HashSet::new();
     let mut ids_in_batch: HashSet<Uuid> = HashSet::new();
-    let mut agent_touch: Vec<(usize, Option<String>)> = Vec::new(); // (row index, holder before)
     for (i, job) in batch.iter().enumerate() {
         let a = &job.append;
-        let sid = a.stream.to_string();
-        if a.events.iter().any(|e| ids_in_batch.contains(&e.event_id)) {
+        let sid = sids[i].as_str();
+        if a.events
+            .iter()
+            .any(|e| e.id_from_client && ids_in_batch.contains(&e.event_id))
+        {
             carry.insert(i);
             decisions.push(Decision::Done(Err(AppendError::Internal("carried".into()))));
             continue;
         }
         let found: Vec<Option<&(String, i64, i64)>> = a.events.iter().map(|e| stored.get(&e.event_id)).collect();
-        if found.iter().all(|f| f.is_some_and(|(s, ..)| *s == sid)) {
+        if found.iter().all(|f| f.is_some_and(|(s, ..)| s == sid)) {
             let versions = found.iter().flatten().map(|(_, v, _)| *v);
             let positions = found.iter().flatten().map(|(_, _, p)| *p);
             decisions.push(Decision::Done(Ok(AppendOk::AlreadyStored(Appended {
-                stream_id: sid,
+                stream_id: sid.to_owned(),
                 first_version: versions.clone().min().unwrap_or(0),
                 last_version: versions.max().unwrap_or(0),
                 first_position: positions.clone().min().unwrap_or(0),
@@ -348,7 +407,7 @@ async fn try_commit_batch(pool: &PgPool, batch: &[Job]) -> Result<Decided, sqlx:
             })));
             continue;
         }
-        let head = heads.get_mut(&sid).expect("every stream of the batch was loaded");
+        let head = heads.get_mut(sid).expect("every stream of the batch was looked up");
         if let Some(expected) = a.expected_version {
             if expected != head.version {
                 decisions.push(Decision::Done(Err(AppendError::WrongExpectedVersion {
@@ -364,7 +423,7 @@ async fn try_commit_batch(pool: &PgPool, batch: &[Job]) -> Result<Decided, sqlx:
         let mut holders = Vec::with_capacity(a.events.len());
         for (k, e) in a.events.iter().enumerate() {
             if let StreamId::Issue { repo, number } = &a.stream {
-                let st = issue.get_or_insert_with(|| IssueState::new(&sid, repo, *number, now));
+                let st = issue.get_or_insert_with(|| IssueState::new(sid, repo, *number, now));
                 if e.event_type == events::ISSUE_ASSIGNED {
                     if let Some(holder) = &st.agent_id {
                         refused = Some(holder.clone());
@@ -389,17 +448,14 @@ async fn try_commit_batch(pool: &PgPool, batch: &[Job]) -> Result<Decided, sqlx:
         let first_version = head.version + 1;
         let start = rows.len();
         for (k, (e, holder)) in a.events.iter().zip(holders).enumerate() {
-            ids_in_batch.insert(e.event_id);
-            agent_touch.push((rows.len(), holder));
+            if e.id_from_client {
+                ids_in_batch.insert(e.event_id);
+            }
             rows.push(Row {
-                stream_id: sid.clone(),
+                job: i,
+                event: k,
                 version: (first_version + k as i64) as i32,
-                event_id: e.event_id,
-                event_type: e.event_type.clone(),
-                schema_version: e.schema_version,
-                data: e.data.clone(),
-                metadata: e.metadata.clone(),
-                occurred_at: e.occurred_at,
+                holder,
             });
         }
         head.version += a.events.len() as i64;
@@ -414,31 +470,88 @@ async fn try_commit_batch(pool: &PgPool, batch: &[Job]) -> Result<Decided, sqlx:
     }
 
     if rows.is_empty() {
-        tx.rollback().await?;
-        return Ok((finish(decisions, &[], &rows), carry));
+        // "Already stored" may rest on another batch's commit that is not durable yet.
+        let answers_stored = decisions
+            .iter()
+            .any(|d| matches!(d, Decision::Done(Ok(AppendOk::AlreadyStored(_)))));
+        end(conn, "ROLLBACK", answers_stored).await?;
+        return Ok((finish(decisions, &[], &rows, &sids), carry));
     }
 
-    let positions = insert_rows(&mut tx, &rows, now).await?;
-    upsert_issues(
-        &mut tx,
-        heads
-            .values()
-            .filter(|h| h.issue_dirty)
-            .filter_map(|h| h.issue.as_ref()),
-    )
-    .await?;
-    upsert_agents(&mut tx, &rows, &agent_touch, now).await?;
-    let last = positions.last().copied().unwrap_or(0);
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(EVENTS_CHANNEL)
-        .bind(last.to_string())
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok((finish(decisions, &positions, &rows), carry))
+    let issues: Vec<&IssueState> = heads
+        .values()
+        .filter(|h| h.issue_dirty)
+        .filter_map(|h| h.issue.as_ref())
+        .collect();
+    let agents = fold_agents(batch, &sids, &rows, lookup.agents, now);
+    let positions = write(conn, batch, &sids, &rows, &issues, &agents, now).await?;
+    end(conn, "COMMIT", true).await?;
+    Ok((finish(decisions, &positions, &rows, &sids), carry))
 }
 
-fn finish(decisions: Vec<Decision>, positions: &[i64], rows: &[Row]) -> Vec<Option<Result<AppendOk, AppendError>>> {
+/// BEGIN, then `rig_append_begin` (lock, then the reads), in ONE round trip: a simple query
+/// carrying its argument as a literal, since only the extended protocol takes parameters and it
+/// cannot also send BEGIN.
+async fn begin(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    streams: &[&str],
+    agents: &[String],
+) -> Result<Lookup, sqlx::Error> {
+    let request = serde_json::json!({"ids": ids, "streams": streams, "agents": agents});
+    let sql = format!(
+        "BEGIN; SELECT rig_append_begin({APPEND_LOCK_KEY}, {}::jsonb)",
+        sql_literal(&request.to_string())
+    );
+    // A plain &str runs as a simple query, which may hold several statements.
+    let row = sqlx::Executor::fetch_one(&mut *conn, sql.as_str()).await?;
+    let Json(lookup): Json<Lookup> = sqlx::Row::try_get(&row, 0)?;
+    Ok(lookup)
+}
+
+/// A string as an SQL literal: `E'…'` with quotes and backslashes doubled, correct whatever
+/// `standard_conforming_strings` says.
+fn sql_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Ends the append transaction (`COMMIT` or `ROLLBACK`); with `durable`, returns only once
+/// everything committed so far is on disk, in the same round trip.
+///
+/// The append transaction commits with `synchronous_commit = off` (set by `rig_append_begin`),
+/// so its commit, which releases the append lock, does not wait for the WAL flush: another
+/// ingest process (production runs two) takes the lock at once instead of queueing behind our
+/// fsync. No client is answered before the flush, though: the statement after COMMIT runs in a
+/// transaction of its own that writes one WAL record and commits synchronously, and a flush
+/// covers all WAL written before it, our commit record included. Readers may see a batch a
+/// moment before it is durable; a consumer's own (synchronous) commit flushes the events it
+/// read, so no checkpoint can get ahead of the durable log.
+async fn end(conn: &mut PgConnection, how: &str, durable: bool) -> Result<(), sqlx::Error> {
+    let sql = if durable {
+        format!("{how}; SELECT pg_logical_emit_message(true, 'rig-ingest', 'durable')")
+    } else {
+        how.to_owned()
+    };
+    sqlx::Executor::execute(conn, sql.as_str()).await?;
+    Ok(())
+}
+
+fn finish(
+    decisions: Vec<Decision>,
+    positions: &[i64],
+    rows: &[Row],
+    sids: &[String],
+) -> Vec<Option<Result<AppendOk, AppendError>>> {
     decisions
         .into_iter()
         .map(|d| match d {
@@ -447,7 +560,7 @@ fn finish(decisions: Vec<Decision>, positions: &[i64], rows: &[Row]) -> Vec<Opti
                 first_version,
                 rows: range,
             } => Some(Ok(AppendOk::Created(Appended {
-                stream_id: rows[range.start].stream_id.clone(),
+                stream_id: sids[rows[range.start].job].clone(),
                 first_version,
                 last_version: first_version + range.len() as i64 - 1,
                 first_position: positions[range.start],
@@ -457,105 +570,105 @@ fn finish(decisions: Vec<Decision>, positions: &[i64], rows: &[Row]) -> Vec<Opti
         .collect()
 }
 
-async fn insert_rows(tx: &mut sqlx::PgConnection, rows: &[Row], now: DateTime<Utc>) -> Result<Vec<i64>, sqlx::Error> {
-    let stream_ids: Vec<&str> = rows.iter().map(|r| r.stream_id.as_str()).collect();
-    let versions: Vec<i32> = rows.iter().map(|r| r.version).collect();
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
-    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
-    let schema: Vec<i32> = rows.iter().map(|r| r.schema_version).collect();
-    let data: Vec<Json<&Value>> = rows.iter().map(|r| Json(&r.data)).collect();
-    let meta: Vec<Json<&Value>> = rows.iter().map(|r| Json(&r.metadata)).collect();
-    let occurred: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.occurred_at).collect();
+/// Everything the batch writes, in one statement: the events, `issue_state`, `agent_status`,
+/// and the NOTIFY that wakes the consumers (delivered at commit). Returns each row's position.
+async fn write(
+    conn: &mut PgConnection,
+    batch: &[Job],
+    sids: &[String],
+    rows: &[Row],
+    issues: &[&IssueState],
+    agents: &[AgentRow],
+    now: DateTime<Utc>,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let ev = |r: &Row| &batch[r.job].append.events[r.event];
+    let ids: Vec<Uuid> = rows.iter().map(|r| ev(r).event_id).collect();
+    macro_rules! issue_col {
+        ($f:ident) => {
+            issues.iter().map(|s| s.$f.clone()).collect::<Vec<_>>()
+        };
+    }
     // Identity values are drawn in the order of the SELECT, i.e. the order of the arrays.
     let inserted: Vec<(Uuid, i64)> = sqlx::query_as(
-        "INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data, metadata, occurred_at, recorded_at) \
-         SELECT s, v, id, t, sv, d, m, o, $9 \
-         FROM unnest($1::text[], $2::int[], $3::uuid[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[], $8::timestamptz[]) \
-              WITH ORDINALITY AS u(s, v, id, t, sv, d, m, o, n) \
-         ORDER BY n \
-         RETURNING event_id, position",
+        "WITH ins AS ( \
+             INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data, metadata, occurred_at, recorded_at) \
+             SELECT s, v, id, t, sv, d, m, o, $9 \
+             FROM unnest($1::text[], $2::int[], $3::uuid[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[], $8::timestamptz[]) \
+                  WITH ORDINALITY AS u(s, v, id, t, sv, d, m, o, n) \
+             ORDER BY n \
+             RETURNING event_id, position), \
+         issues AS ( \
+             INSERT INTO issue_state (stream_id, repo, issue_number, status, agent_id, version, stuck_count, last_ci, \
+                 pr_number, branch, title, first_event_at, assigned_at, last_heartbeat_at, done_at, updated_at) \
+             SELECT * FROM unnest($10::text[], $11::text[], $12::bigint[], $13::text[], $14::text[], $15::int[], \
+                 $16::int[], $17::text[], $18::bigint[], $19::text[], $20::text[], $21::timestamptz[], \
+                 $22::timestamptz[], $23::timestamptz[], $24::timestamptz[], $25::timestamptz[]) \
+             ON CONFLICT (stream_id) DO UPDATE SET status = excluded.status, agent_id = excluded.agent_id, \
+                 version = excluded.version, stuck_count = excluded.stuck_count, last_ci = excluded.last_ci, \
+                 pr_number = excluded.pr_number, branch = excluded.branch, title = excluded.title, \
+                 assigned_at = excluded.assigned_at, last_heartbeat_at = excluded.last_heartbeat_at, \
+                 done_at = excluded.done_at, updated_at = excluded.updated_at), \
+         agents AS ( \
+             INSERT INTO agent_status (agent_id, last_heartbeat_at, current_stream_id, status, updated_at) \
+             SELECT * FROM unnest($26::text[], $27::timestamptz[], $28::text[], $29::text[], $30::timestamptz[]) \
+             ON CONFLICT (agent_id) DO UPDATE SET last_heartbeat_at = excluded.last_heartbeat_at, \
+                 current_stream_id = excluded.current_stream_id, status = excluded.status, \
+                 updated_at = excluded.updated_at), \
+         wake AS (SELECT pg_notify($31, (SELECT max(position) FROM ins)::text)) \
+         SELECT ins.event_id, ins.position FROM ins, wake",
     )
-    .bind(&stream_ids)
-    .bind(&versions)
+    .bind(rows.iter().map(|r| sids[r.job].as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
     .bind(&ids)
-    .bind(&types)
-    .bind(&schema)
-    .bind(&data)
-    .bind(&meta)
-    .bind(&occurred)
+    .bind(rows.iter().map(|r| ev(r).event_type.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| ev(r).schema_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| Json(&ev(r).data)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| Json(&ev(r).metadata)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| ev(r).occurred_at).collect::<Vec<_>>())
     .bind(now)
-    .fetch_all(&mut *tx)
+    .bind(issue_col!(stream_id))
+    .bind(issue_col!(repo))
+    .bind(issue_col!(issue_number))
+    .bind(issue_col!(status))
+    .bind(issue_col!(agent_id))
+    .bind(issue_col!(version))
+    .bind(issue_col!(stuck_count))
+    .bind(issue_col!(last_ci))
+    .bind(issue_col!(pr_number))
+    .bind(issue_col!(branch))
+    .bind(issue_col!(title))
+    .bind(issue_col!(first_event_at))
+    .bind(issue_col!(assigned_at))
+    .bind(issue_col!(last_heartbeat_at))
+    .bind(issue_col!(done_at))
+    .bind(issue_col!(updated_at))
+    .bind(agents.iter().map(|a| a.agent_id.as_str()).collect::<Vec<_>>())
+    .bind(agents.iter().map(|a| a.last_heartbeat_at).collect::<Vec<_>>())
+    .bind(agents.iter().map(|a| a.current_stream_id.as_deref()).collect::<Vec<_>>())
+    .bind(agents.iter().map(|a| a.status.as_deref()).collect::<Vec<_>>())
+    .bind(agents.iter().map(|a| a.updated_at).collect::<Vec<_>>())
+    .bind(EVENTS_CHANNEL)
+    .fetch_all(&mut *conn)
     .await?;
     let by_id: HashMap<Uuid, i64> = inserted.into_iter().collect();
     Ok(ids.iter().map(|id| by_id[id]).collect())
 }
 
-async fn upsert_issues<'a>(
-    tx: &mut sqlx::PgConnection,
-    states: impl Iterator<Item = &'a IssueState>,
-) -> Result<(), sqlx::Error> {
-    let states: Vec<&IssueState> = states.collect();
-    if states.is_empty() {
-        return Ok(());
-    }
-    macro_rules! col {
-        ($f:ident) => {
-            states.iter().map(|s| s.$f.clone()).collect::<Vec<_>>()
-        };
-    }
-    sqlx::query(
-        "INSERT INTO issue_state (stream_id, repo, issue_number, status, agent_id, version, stuck_count, last_ci, \
-             pr_number, branch, title, first_event_at, assigned_at, last_heartbeat_at, done_at, updated_at) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::int[], $7::int[], \
-             $8::text[], $9::bigint[], $10::text[], $11::text[], $12::timestamptz[], $13::timestamptz[], \
-             $14::timestamptz[], $15::timestamptz[], $16::timestamptz[]) \
-         ON CONFLICT (stream_id) DO UPDATE SET status = excluded.status, agent_id = excluded.agent_id, \
-             version = excluded.version, stuck_count = excluded.stuck_count, last_ci = excluded.last_ci, \
-             pr_number = excluded.pr_number, branch = excluded.branch, title = excluded.title, \
-             assigned_at = excluded.assigned_at, last_heartbeat_at = excluded.last_heartbeat_at, \
-             done_at = excluded.done_at, updated_at = excluded.updated_at",
-    )
-    .bind(col!(stream_id))
-    .bind(col!(repo))
-    .bind(col!(issue_number))
-    .bind(col!(status))
-    .bind(col!(agent_id))
-    .bind(col!(version))
-    .bind(col!(stuck_count))
-    .bind(col!(last_ci))
-    .bind(col!(pr_number))
-    .bind(col!(branch))
-    .bind(col!(title))
-    .bind(col!(first_event_at))
-    .bind(col!(assigned_at))
-    .bind(col!(last_heartbeat_at))
-    .bind(col!(done_at))
-    .bind(col!(updated_at))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// `agent_status`: last heartbeat, current issue and status per agent, folded from the batch.
-async fn upsert_agents(
-    tx: &mut sqlx::PgConnection,
+/// `agent_status`: last heartbeat, current issue and status per agent, folded from the batch's
+/// accepted events onto the rows `rig_append_begin` read. Returns the rows that changed.
+fn fold_agents(
+    batch: &[Job],
+    sids: &[String],
     rows: &[Row],
-    touch: &[(usize, Option<String>)],
+    existing: Vec<AgentRow>,
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    let agent_of = |r: &Row, holder: &Option<String>| -> Option<String> {
-        if let Some(a) = r.stream_id.strip_prefix("agent:") {
-            return Some(a.to_owned());
-        }
-        r.data
-            .get("agent_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| holder.clone())
-    };
-    let relevant = |t: &str| {
-        matches!(
-            t,
+) -> Vec<AgentRow> {
+    let mut agents: HashMap<String, AgentRow> = existing.into_iter().map(|a| (a.agent_id.clone(), a)).collect();
+    let mut touched: Vec<String> = Vec::new();
+    for r in rows {
+        let e = &batch[r.job].append.events[r.event];
+        if !matches!(
+            e.event_type.as_str(),
             events::HEARTBEAT
                 | events::ISSUE_ASSIGNED
                 | events::ISSUE_UNASSIGNED
@@ -563,29 +676,21 @@ async fn upsert_agents(
                 | events::WORK_STARTED
                 | events::ISSUE_DONE
                 | events::MERGED
-        )
-    };
-    let mut names: Vec<String> = touch
-        .iter()
-        .filter(|(i, _)| relevant(&rows[*i].event_type))
-        .filter_map(|(i, h)| agent_of(&rows[*i], h))
-        .collect();
-    if names.is_empty() {
-        return Ok(());
-    }
-    names.sort();
-    names.dedup();
-    let existing: Vec<AgentRow> = sqlx::query_as("SELECT * FROM agent_status WHERE agent_id = ANY($1)")
-        .bind(&names)
-        .fetch_all(&mut *tx)
-        .await?;
-    let mut agents: HashMap<String, AgentRow> = existing.into_iter().map(|a| (a.agent_id.clone(), a)).collect();
-    for (i, holder) in touch {
-        let r = &rows[*i];
-        if !relevant(&r.event_type) {
+        ) {
             continue;
         }
-        let Some(agent) = agent_of(r, holder) else { continue };
+        let sid = sids[r.job].as_str();
+        let agent = match &batch[r.job].append.stream {
+            StreamId::Agent(a) => Some(a.clone()),
+            StreamId::Issue { .. } => e
+                .data
+                .get("agent_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| r.holder.clone()),
+        };
+        let Some(agent) = agent else { continue };
+        touched.push(agent.clone());
         let a = agents.entry(agent.clone()).or_insert_with(|| AgentRow {
             agent_id: agent,
             last_heartbeat_at: None,
@@ -594,31 +699,31 @@ async fn upsert_agents(
             updated_at: now,
         });
         a.updated_at = now;
-        let on_issue = !r.stream_id.starts_with("agent:");
-        match r.event_type.as_str() {
+        let on_issue = !sid.starts_with("agent:");
+        match e.event_type.as_str() {
             events::HEARTBEAT => {
                 a.last_heartbeat_at = Some(now);
-                if let Some(s) = r.data.get("status").and_then(Value::as_str) {
+                if let Some(s) = e.data.get("status").and_then(Value::as_str) {
                     a.status = Some(s.to_owned());
                 }
-                match r.data.get("current_issue") {
+                match e.data.get("current_issue") {
                     Some(Value::String(s)) => {
                         a.current_stream_id =
                             Some(StreamId::parse(s).map(|s| s.to_string()).unwrap_or_else(|_| s.clone()))
                     }
                     Some(Value::Number(n)) => a.current_stream_id = Some(n.to_string()),
                     Some(Value::Null) => a.current_stream_id = None,
-                    _ if on_issue => a.current_stream_id = Some(r.stream_id.clone()),
+                    _ if on_issue => a.current_stream_id = Some(sid.to_owned()),
                     _ => {}
                 }
             }
             events::ISSUE_ASSIGNED | events::WORK_STARTED if on_issue => {
-                a.current_stream_id = Some(r.stream_id.clone());
+                a.current_stream_id = Some(sid.to_owned());
                 a.status = Some("working".to_owned());
             }
             // The agent is done with the issue: it no longer counts as its current one.
             events::ISSUE_UNASSIGNED | events::ISSUE_DONE | events::MERGED
-                if on_issue && a.current_stream_id.as_deref() == Some(r.stream_id.as_str()) =>
+                if on_issue && a.current_stream_id.as_deref() == Some(sid) =>
             {
                 a.current_stream_id = None;
                 a.status = Some("idle".to_owned());
@@ -627,19 +732,20 @@ async fn upsert_agents(
             _ => {}
         }
     }
-    let agents: Vec<AgentRow> = agents.into_values().collect();
-    sqlx::query(
-        "INSERT INTO agent_status (agent_id, last_heartbeat_at, current_stream_id, status, updated_at) \
-         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::timestamptz[]) \
-         ON CONFLICT (agent_id) DO UPDATE SET last_heartbeat_at = excluded.last_heartbeat_at, \
-             current_stream_id = excluded.current_stream_id, status = excluded.status, updated_at = excluded.updated_at",
-    )
-    .bind(agents.iter().map(|a| a.agent_id.clone()).collect::<Vec<_>>())
-    .bind(agents.iter().map(|a| a.last_heartbeat_at).collect::<Vec<_>>())
-    .bind(agents.iter().map(|a| a.current_stream_id.clone()).collect::<Vec<_>>())
-    .bind(agents.iter().map(|a| a.status.clone()).collect::<Vec<_>>())
-    .bind(agents.iter().map(|a| a.updated_at).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    touched.sort_unstable();
+    touched.dedup();
+    touched.into_iter().filter_map(|name| agents.remove(&name)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sql_literal;
+
+    #[test]
+    fn sql_literals_double_quotes_and_backslashes() {
+        assert_eq!(sql_literal("plain"), "E'plain'");
+        assert_eq!(sql_literal("o'brien"), "E'o''brien'");
+        assert_eq!(sql_literal(r"a\b"), r"E'a\\b'");
+        assert_eq!(sql_literal(r#"{"a":"\"'"}"#), r#"E'{"a":"\\"''"}'"#);
+    }
 }
