@@ -45,8 +45,9 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_id: Uuid,
-    /// False when ingest drew the id itself: a fresh v4 UUID cannot be stored already, so the
-    /// batch does not look it up (the unique constraint still stands behind it).
+    /// False when ingest drew the id itself: a fresh UUID (v7: time and 74 random bits) cannot
+    /// be stored already, so the batch does not look it up (the unique constraint still stands
+    /// behind it).
     pub id_from_client: bool,
     pub event_type: String,
     pub schema_version: i32,

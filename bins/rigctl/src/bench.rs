@@ -32,6 +32,7 @@ use shared::events::EVENT_COLUMNS;
 use shared::money::{Price, PriceTable};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -433,6 +434,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     ingest.wait_ready(&http, Duration::from_secs(30)).await?;
     let base = format!("http://127.0.0.1:{}", ports.ingest);
     let append_url = format!("{base}/v1/events");
+    let ingest_addr = SocketAddr::from(([127, 0, 0, 1], ports.ingest));
     progress(&format!("rig-ingest is up on {base} (pid {})", ingest.pid()));
     let metrics_url = format!("{base}/metrics");
     let probe = IngestProbe {
@@ -455,7 +457,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         "[2/9] single-event appends over HTTP, 64 clients on distinct streams, {} s …",
         sizes.seconds
     ));
-    let single = http_appends(&http, &append_url, 64, 1, "single", sizes, probe).await?;
+    let single = http_appends(ingest_addr, 64, 1, "single", sizes, probe).await?;
     progress(&format!("      {:.0} events/s", single.rate));
     figures.push(
         Figure::of("append_single_http_64", single.rate, "events/s", &raw_single)
@@ -474,7 +476,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         "[4/9] 500-event appends over HTTP, 4 clients, {} s …",
         sizes.seconds
     ));
-    let batch = http_appends(&http, &append_url, 4, 500, "batch", sizes, probe).await?;
+    let batch = http_appends(ingest_addr, 4, 500, "batch", sizes, probe).await?;
     progress(&format!("      {:.0} events/s", batch.rate));
     figures.push(
         Figure::of("append_batch500_http_4", batch.rate, "events/s", &raw_batch)
@@ -487,7 +489,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         "[5/9] claims: 64 clients racing for 32 issues, {} s …",
         sizes.seconds
     ));
-    let claims = claim_race(&http, &append_url, sizes, probe).await?;
+    let claims = claim_race(&http, &append_url, ingest_addr, sizes, probe).await?;
     progress(&format!(
         "      {:.0} claims/s, {:.0} conflicts/s",
         claims.claims_per_s, claims.conflicts_per_s
@@ -971,8 +973,7 @@ fn append_body(stream: &str, events: usize) -> String {
 
 /// `clients` clients, each appending `per_request` events per request to its own stream.
 async fn http_appends(
-    http: &reqwest::Client,
-    url: &str,
+    ingest_addr: SocketAddr,
     clients: usize,
     per_request: usize,
     label: &str,
@@ -983,13 +984,14 @@ async fn http_appends(
     let mut tasks = JoinSet::new();
     for k in 0..clients {
         // No event ids: every request is new, so ingest assigns them.
-        let body = bytes::Bytes::from(append_body(&format!("bench/{label}#{}", k + 1), per_request));
-        let (http, url, c) = (http.clone(), url.to_owned(), c.clone());
+        let body = append_body(&format!("bench/{label}#{}", k + 1), per_request).into_bytes();
+        let c = c.clone();
         tasks.spawn(async move {
             let mut samples = Vec::new();
+            let mut conn = None;
             while !c.stopped() {
                 let t = Instant::now();
-                match post(&http, &url, body.clone()).await {
+                match post_raw(&mut conn, ingest_addr, &body).await {
                     Ok((201, _)) => {
                         if c.recording() {
                             samples.push(t.elapsed().as_secs_f64() * 1e3);
@@ -1045,6 +1047,24 @@ async fn post(http: &reqwest::Client, url: &str, body: bytes::Bytes) -> Result<(
     Ok((status, bytes))
 }
 
+/// One append over the client's own keep-alive connection (`http_load`), reconnecting after a
+/// failure.
+async fn post_raw(
+    conn: &mut Option<crate::http_load::Conn>,
+    addr: SocketAddr,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    if conn.is_none() {
+        *conn = Some(crate::http_load::Conn::connect(addr).await?);
+    }
+    let c = conn.as_mut().expect("just connected");
+    let r = c.post("/v1/events", body).await;
+    if r.is_err() {
+        *conn = None;
+    }
+    r
+}
+
 struct ClaimResult {
     claims_per_s: f64,
     conflicts_per_s: f64,
@@ -1055,6 +1075,7 @@ struct ClaimResult {
 async fn claim_race(
     http: &reqwest::Client,
     url: &str,
+    ingest_addr: SocketAddr,
     sizes: &Sizes,
     ingest: IngestProbe<'_>,
 ) -> anyhow::Result<ClaimResult> {
@@ -1072,21 +1093,22 @@ async fn claim_race(
     let releases = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for k in 0..CLIENTS {
-        let (http, url, c, releases) = (http.clone(), url.to_owned(), c.clone(), releases.clone());
+        let (c, releases) = (c.clone(), releases.clone());
         tasks.spawn(async move {
             let agent = format!("bench-agent-{k}");
+            let mut conn = None;
             while !c.stopped() {
                 let n = rand::random_range(1..=ISSUES);
                 let claim = format!(
                     r#"{{"stream_id":"bench/claims#{n}","events":[{{"type":"ISSUE_ASSIGNED","data":{{"agent_id":"{agent}"}}}}]}}"#
                 );
-                match post(&http, &url, claim.into()).await {
+                match post_raw(&mut conn, ingest_addr, claim.as_bytes()).await {
                     Ok((201, _)) => {
                         c.ok.fetch_add(1, Ordering::Relaxed);
                         let release = format!(
                             r#"{{"stream_id":"bench/claims#{n}","events":[{{"type":"ISSUE_UNASSIGNED","data":{{"reason":"bench_release","agent_id":"{agent}"}}}}]}}"#
                         );
-                        match post(&http, &url, release.into()).await {
+                        match post_raw(&mut conn, ingest_addr, release.as_bytes()).await {
                             Ok((201, _)) => {
                                 releases.fetch_add(1, Ordering::Relaxed);
                             }

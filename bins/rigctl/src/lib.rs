@@ -2,6 +2,7 @@
 //! and skip consumers. Human tables by default, `--json` for scripts.
 
 pub mod bench;
+mod http_load;
 pub mod inspect;
 pub mod simulate;
 pub mod up;
