@@ -78,3 +78,53 @@ pub async fn serve(
     });
     Ok((local, task))
 }
+
+/// What every tailing worker starts with: its connection pool and its operations endpoints on
+/// `listen`. The server stops when `shutdown` is cancelled; await the handle after that.
+pub async fn start_worker(
+    name: &str,
+    database_url: &str,
+    pool_size: u32,
+    listen: SocketAddr,
+    metrics: PrometheusHandle,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(PgPool, tokio::task::JoinHandle<()>)> {
+    let pool = crate::db::pool(database_url, pool_size)?;
+    let ops = router(OpsState {
+        pool: pool.clone(),
+        metrics,
+    });
+    let (addr, server) = serve(listen, ops, shutdown.clone()).await?;
+    tracing::info!(%addr, "{name} serving /metrics, /healthz, /readyz");
+    Ok((pool, server))
+}
+
+/// A worker that is one projection and nothing else (token-projector, cost-projector): start,
+/// run the consumer until `shutdown` or a fatal error, then stop the endpoints with it.
+pub async fn run_projection<P: crate::consumer::Projection>(
+    name: &str,
+    settings: &crate::Settings,
+    pool_size: u32,
+    listen: SocketAddr,
+    projection: P,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (pool, server) = start_worker(
+        name,
+        settings.database_url.expose(),
+        pool_size,
+        listen,
+        metrics,
+        &shutdown,
+    )
+    .await?;
+    let cfg = crate::consumer::ConsumerConfig::from_settings(&settings.consumer);
+    let result = crate::consumer::Consumer::new(pool, projection, cfg)
+        .run(shutdown.clone())
+        .await;
+    // The server stops with the consumer, whichever way it ended.
+    shutdown.cancel();
+    server.await?;
+    result
+}

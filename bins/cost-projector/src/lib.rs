@@ -173,20 +173,16 @@ impl Projection for CostProjection {
 
 /// Serves the operations endpoints and runs the consumer (active or hot standby) until `shutdown`.
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = shared::db::pool(settings.database_url.expose(), POOL_SIZE)?;
-    let ops = shared::ops::router(shared::ops::OpsState {
-        pool: pool.clone(),
-        metrics,
-    });
-    let (addr, server) = shared::ops::serve(settings.cost_projector.metrics_listen, ops, shutdown.clone()).await?;
-    tracing::info!(%addr, "rig-cost-projector serving /metrics, /healthz, /readyz");
     let projection = CostProjection::new(PriceTable::new(&settings.prices));
-    let cfg = shared::consumer::ConsumerConfig::from_settings(&settings.consumer);
-    let result = shared::consumer::Consumer::new(pool, projection, cfg)
-        .run(shutdown.clone())
-        .await;
-    // The server stops with the consumer, whichever way it ended.
-    shutdown.cancel();
-    server.await?;
-    result
+    let listen = settings.cost_projector.metrics_listen;
+    shared::ops::run_projection(
+        "rig-cost-projector",
+        &settings,
+        POOL_SIZE,
+        listen,
+        projection,
+        metrics,
+        shutdown,
+    )
+    .await
 }

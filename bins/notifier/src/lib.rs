@@ -35,13 +35,16 @@ pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: Cancel
              notifier.dry_run = true (RIG_NOTIFIER__DRY_RUN=true) to log the messages instead"
         ),
     };
-    let pool = shared::db::pool(settings.database_url.expose(), POOL_SIZE)?;
-    let ops = shared::ops::router(shared::ops::OpsState {
-        pool: pool.clone(),
+    let (pool, server) = shared::ops::start_worker(
+        "rig-notifier",
+        settings.database_url.expose(),
+        POOL_SIZE,
+        n.metrics_listen,
         metrics,
-    });
-    let (addr, server) = shared::ops::serve(n.metrics_listen, ops, shutdown.clone()).await?;
-    tracing::info!(%addr, events = ?n.events, dry_run = n.dry_run, "rig-notifier serving /metrics, /healthz, /readyz");
+        &shutdown,
+    )
+    .await?;
+    tracing::info!(events = ?n.events, dry_run = n.dry_run, "rig-notifier notifies of these events");
     if n.dry_run {
         tracing::warn!("notifier.dry_run = true: messages are logged, not posted");
     }

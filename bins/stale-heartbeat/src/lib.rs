@@ -19,15 +19,18 @@ const POOL_SIZE: u32 = 5;
 
 /// Serves the ops endpoints, tails the log and checks for stale issues until `shutdown`.
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = shared::db::pool(settings.database_url.expose(), POOL_SIZE)?;
-    let ops = shared::ops::router(shared::ops::OpsState {
-        pool: pool.clone(),
+    let (pool, server) = shared::ops::start_worker(
+        "rig-stale-heartbeat",
+        settings.database_url.expose(),
+        POOL_SIZE,
+        settings.stale_heartbeat.metrics_listen,
         metrics,
-    });
-    let (addr, server) = shared::ops::serve(settings.stale_heartbeat.metrics_listen, ops, shutdown.clone()).await?;
+        &shutdown,
+    )
+    .await?;
     tracing::info!(
-        %addr, threshold = ?settings.stale_heartbeat.threshold, check_interval = ?settings.stale_heartbeat.check_interval,
-        "rig-stale-heartbeat serving /metrics, /healthz, /readyz"
+        threshold = ?settings.stale_heartbeat.threshold, check_interval = ?settings.stale_heartbeat.check_interval,
+        "rig-stale-heartbeat checking for silent agents"
     );
     let checker = checker::Checker::new(pool.clone(), &settings.stale_heartbeat)?;
     let consumer = Consumer::new(
