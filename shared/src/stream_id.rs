@@ -20,6 +20,9 @@ pub struct StreamIdError {
 
 const MAX_AGENT_ID: usize = 200;
 
+/// The largest issue number a stream id holds (12 digits).
+pub const MAX_ISSUE_NUMBER: i64 = 999_999_999_999;
+
 impl StreamId {
     pub fn parse(input: &str) -> Result<Self, StreamIdError> {
         let err = |reason| StreamIdError {

@@ -32,6 +32,7 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 use shared::events;
+use shared::stream_id::MAX_ISSUE_NUMBER;
 use shared::StreamId;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -84,7 +85,9 @@ pub fn closing_refs(body: &str, repo: &str) -> Vec<i64> {
         if c.get(1).is_some_and(|r| !r.as_str().eq_ignore_ascii_case(repo)) {
             continue;
         }
-        if let Some(n) = c.get(2).and_then(|m| m.as_str().parse::<i64>().ok()).filter(|n| *n > 0) {
+        // A number no issue can have ("Closes #99999999999999") is no link, not a bad delivery.
+        let n = c.get(2).and_then(|m| m.as_str().parse::<i64>().ok());
+        if let Some(n) = n.filter(|n| (1..=MAX_ISSUE_NUMBER).contains(n)) {
             if !out.contains(&n) {
                 out.push(n);
             }
@@ -103,7 +106,7 @@ pub fn branch_issue(re: &Regex, branch: &str) -> Option<i64> {
         .as_str()
         .parse::<i64>()
         .ok()
-        .filter(|n| *n > 0)
+        .filter(|n| (1..=MAX_ISSUE_NUMBER).contains(n))
 }
 
 /// What a delivery asks of us, decided from the payload alone.
@@ -755,6 +758,9 @@ mod tests {
             Vec::<i64>::new()
         );
         assert_eq!(closing_refs("Closes #12 and closes #12", repo), vec![12]);
+        // No issue has a 13-digit number: such a mention links nothing (and refuses nothing).
+        assert_eq!(closing_refs("Closes #9999999999999, fixes #6", repo), vec![6]);
+        assert_eq!(closing_refs("Closes #999999999999", repo), vec![999_999_999_999]);
         assert_eq!(closing_refs("Closes #0", repo), Vec::<i64>::new());
         assert_eq!(closing_refs("Closes #12abc", repo), Vec::<i64>::new());
     }
