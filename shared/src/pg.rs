@@ -172,10 +172,12 @@ impl PrivateCluster {
         Ok(cluster)
     }
 
-    /// Restarts the server (`pg_ctl restart -m fast`): every connection is cut, and the call
-    /// returns once the server accepts connections again, on the same port and options. For
-    /// fault tests; nobody else should share a cluster that gets restarted.
-    pub fn restart(&self) -> anyhow::Result<()> {
+    /// Crashes the server and starts it again (`pg_ctl restart -m immediate`): every process is
+    /// aborted without a checkpoint or a flush of the WAL buffers, so the start is a crash
+    /// recovery, and whatever was committed without reaching the disk is lost, as in a power cut
+    /// of the database alone. Returns once the server accepts connections again, on the same
+    /// port and options. For fault tests; nobody else should share a cluster that gets crashed.
+    pub fn crash_and_restart(&self) -> anyhow::Result<()> {
         let data = self.dir.join("data");
         let opts = self.server_options()?;
         let log = self.dir.join("postgres.log");
@@ -191,7 +193,7 @@ impl PrivateCluster {
                 "-l",
                 path_str(&log)?,
                 "-m",
-                "fast",
+                "immediate",
                 "-w",
                 "restart",
             ],

@@ -1,7 +1,8 @@
 //! The whole-system fault test (SPEC §12): every worker of the rig runs as a real process against
 //! a Postgres of its own, fed by `rigctl simulate` and by writers of this test, while the test
-//! SIGKILLs tailing workers at random moments, kills one of the two ingests, restarts Postgres
-//! once, and sends a stream of bad requests to both ingests.
+//! SIGKILLs tailing workers at random moments, kills one of the two ingests, crashes Postgres
+//! once (immediate shutdown: no checkpoint, unflushed WAL lost, crash recovery at start), and
+//! sends a stream of bad requests to both ingests.
 //!
 //! What it proves once the feeding stops: no process crashed, every bad request got a clear 4xx
 //! (or 503 while the database was away) and wrote nothing, every consumer caught up, the
@@ -869,14 +870,17 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
         } else {
             let c = cluster.clone();
             let t = Instant::now();
-            tokio::task::spawn_blocking(move || c.restart())
+            tokio::task::spawn_blocking(move || c.crash_and_restart())
                 .await
                 .unwrap()
-                .expect("restart Postgres");
+                .expect("crash and restart Postgres");
             pg_downtime = t.elapsed();
             notifier_disruptions.push((t, Instant::now()));
             pg_restarts += 1;
-            println!("{when:>6.1} s  Postgres restarted ({:.2} s)", pg_downtime.as_secs_f64());
+            println!(
+                "{when:>6.1} s  Postgres crashed (pg_ctl -m immediate) and restarted ({:.2} s)",
+                pg_downtime.as_secs_f64()
+            );
         }
     }
     tokio::time::sleep_until((chaos_start + Duration::from_secs_f64(secs)).into()).await;
