@@ -504,3 +504,54 @@ pub async fn projection_mismatches(pool: &PgPool, prices: &[shared::money::Price
     }
     out
 }
+
+/// The binaries the repository's `Procfile` runs, built (so `rigctl up` finds fresh ones beside
+/// itself and need not build).
+pub fn procfile_workers() -> Vec<String> {
+    let procfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Procfile")).expect("read the Procfile");
+    let workers: Vec<String> = procfile
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter_map(|(_, cmd)| cmd.split_whitespace().next().map(str::to_owned))
+        .collect();
+    for w in &workers {
+        bin(w);
+    }
+    workers
+}
+
+/// `rigctl up` under test. Dropping a `Proc` SIGKILLs it, which would orphan the workers it
+/// started (each in its own process group); so a failing test first lets it stop them (Ctrl-C),
+/// then kills whatever still runs with this test's database.
+pub struct RigctlUp {
+    pub proc: Proc,
+    db_url: String,
+}
+
+impl RigctlUp {
+    pub fn spawn(args: &[&str], env: &[(&str, String)], db_url: &str) -> RigctlUp {
+        RigctlUp {
+            proc: Proc::spawn("rigctl", args, env),
+            db_url: db_url.to_owned(),
+        }
+    }
+}
+
+impl Drop for RigctlUp {
+    fn drop(&mut self) {
+        if self.proc.try_wait().is_none() {
+            self.proc.signal(libc::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while self.proc.try_wait().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        for pid in processes_with_env("DATABASE_URL", &self.db_url) {
+            // SAFETY: signalling a process this test started (found by its unique database URL).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}

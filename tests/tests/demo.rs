@@ -5,50 +5,16 @@
 //! Checks for a worker apply only when the Procfile runs it.
 #![allow(clippy::unwrap_used)]
 
-use rig_tests::{bin, enc, processes_with_env, wait_for, wait_http_ok, Proc, SystemPorts, TestDb};
+use rig_tests::{enc, processes_with_env, procfile_workers, wait_for, wait_http_ok, RigctlUp, SystemPorts, TestDb};
 use serde_json::Value;
 use std::time::Duration;
 
 const ISSUES: i64 = 9;
 
-/// `rigctl up` under test. Dropping a `Proc` SIGKILLs it, which would orphan the workers it
-/// started (each in its own process group); so a failing test first lets it stop them (Ctrl-C),
-/// then kills whatever still runs with this test's database.
-struct Up {
-    proc: Proc,
-    db_url: String,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if self.proc.try_wait().is_none() {
-            self.proc.signal(libc::SIGINT);
-            let deadline = std::time::Instant::now() + Duration::from_secs(15);
-            while self.proc.try_wait().is_none() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        for pid in processes_with_env("DATABASE_URL", &self.db_url) {
-            // SAFETY: signalling a process this test started (found by its unique database URL).
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn demo_works_issues_to_done_catches_the_silent_agent_and_ctrl_c_stops_everything() {
     let db = TestDb::new().await;
-    let procfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Procfile")).unwrap();
-    let workers: Vec<String> = procfile
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(_, cmd)| cmd.split_whitespace().next().unwrap().to_owned())
-        .collect();
-    for w in &workers {
-        bin(w);
-    }
+    let workers = procfile_workers();
     let runs = |b: &str| workers.iter().any(|w| w == b);
     let ports = SystemPorts::new();
     let mut env = ports.env(&db);
@@ -67,10 +33,7 @@ async fn demo_works_issues_to_done_catches_the_silent_agent_and_ctrl_c_stops_eve
         "--demo-rate",
         "60",
     ];
-    let mut up = Up {
-        proc: Proc::spawn("rigctl", &args, &env),
-        db_url: db.url.clone(),
-    };
+    let mut up = RigctlUp::spawn(&args, &env, &db.url);
     let up = &mut up.proc;
     let api = format!("http://127.0.0.1:{}", ports.ingest);
     wait_http_ok(&format!("{api}/readyz"), Duration::from_secs(60)).await;

@@ -2,24 +2,16 @@
 //! stops all of them cleanly on Ctrl-C (SIGINT), leaving no process behind.
 #![allow(clippy::unwrap_used)]
 
-use rig_tests::{bin, processes_with_env, wait_for, wait_http_ok, Proc, SystemPorts, TestDb};
+use rig_tests::{processes_with_env, procfile_workers, wait_for, wait_http_ok, RigctlUp, SystemPorts, TestDb};
 use std::time::Duration;
 
 #[tokio::test]
 async fn rigctl_up_starts_everything_and_ctrl_c_stops_it_all() {
     let db = TestDb::new().await;
-    // Build what the Procfile names, so rigctl finds fresh binaries beside itself.
-    let procfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Procfile")).unwrap();
-    let workers: Vec<String> = procfile
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(_, cmd)| cmd.split_whitespace().next().unwrap().to_owned())
-        .collect();
-    for w in &workers {
-        bin(w);
-    }
+    let workers = procfile_workers();
     let ports = SystemPorts::new();
-    let mut up = Proc::spawn("rigctl", &["up"], &ports.env(&db));
+    let mut up = RigctlUp::spawn(&["up"], &ports.env(&db), &db.url);
+    let up = &mut up.proc;
     wait_http_ok(
         &format!("http://127.0.0.1:{}/readyz", ports.ingest),
         Duration::from_secs(60),
