@@ -18,22 +18,33 @@
 //! checks and the exclusive claim rule race-free.
 //!
 //! **Throughput.** Only the lock holder makes progress, so the time a batch holds the lock
-//! bounds the append rate, and under load that time is mostly round trips (each one waits for
-//! the other side to be scheduled). A batch holds the lock for three: BEGIN with
+//! bounds the append rate. A batch holds it for three round trips: BEGIN with
 //! `rig_append_begin` (lock, then every read the batch is judged against, as one json), one
 //! statement that inserts the events, upserts `issue_state` and `agent_status` and notifies,
-//! and COMMIT, which does not wait for its fsync (see `end`). One writer per process: a second
-//! one, queued on the lock with the next batch, measured slower (the same requests split into
-//! batches half the size).
+//! and COMMIT, which does not wait for its fsync: `flusher_loop`, on a connection of its own,
+//! waits for the WAL flush before anyone is answered, while the writer goes on with the next
+//! batch. One writer per process: a second one, queued on the lock with the next batch,
+//! measured slower (the same requests split into batches half the size).
 //!
-//! Where a batch's time goes (per-phase timers and `pg_stat_activity` samples, 64 clients of
-//! single-event appends, ~32 requests a batch): about half in the first round trip, a third in
-//! the write, the rest in COMMIT and the flush, with the machine 35-60 % idle: the chain of
-//! round trips, each waiting to be scheduled, bounds the rate, not CPU. A 500-event append is
-//! bounded by the one backend inserting under the lock, where the raw baseline spreads the same
-//! per-row work over 8 connections and both cores. Not tried yet: caching issue rows in the
-//! writer (validated by version) to shrink the first round trip; sending the write and COMMIT
-//! as one round trip; parsing large batches into a staging table before taking the lock.
+//! What profiles of the lock holder's backend showed (`perf record` under `wrk`, 64 clients of
+//! single-event appends, and 4 clients of 500-event appends):
+//! - `rig_append_begin` as first written (0021) was over a third of the backend's CPU for single
+//!   appends, mostly planning its eight statements anew at each call, and with a few thousand
+//!   issues it scanned `issue_state` instead of probing its key. Migration 0022 made it two
+//!   statements with generic plans, each lookup an index probe: single appends went from
+//!   7.4-8.3k/s to 9.3-10.8k/s and 500-event appends from 75-84 to 82-90 requests/s in
+//!   alternating runs.
+//! - Taking the fsync off the writer's path (the flusher) lets the next batch start while the
+//!   previous one is being flushed.
+//! - A 500-event append is now the one backend inserting under the lock: index inserts ~30 %,
+//!   decoding the array parameters (jsonb parsing) ~23 %, page faults on the large parameter
+//!   arrays ~8 %, the event_type CHECK ~6 %, heap inserts ~6 %. The raw baseline spreads the
+//!   same per-row work over 8 connections and both cores; one backend inserting 1,000 rows per
+//!   transaction (pgbench, same table) reaches ~38k rows/s where 8 connections of 100 reach ~51k.
+//!
+//! Not tried yet: one round trip per batch (a write function taking the batch as one json, with
+//! the lookups validated against a cache in the writer); positions computed from the first one
+//! instead of returned per row.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -121,7 +132,9 @@ impl Writer {
     /// Starts the writer task. It stops when every handle is dropped.
     pub fn spawn(pool: PgPool, max_batch: usize) -> Writer {
         let (tx, rx) = mpsc::channel(max_batch * 4);
-        tokio::spawn(writer_loop(pool, rx, max_batch));
+        let (durable_tx, durable_rx) = mpsc::channel(64);
+        tokio::spawn(writer_loop(pool.clone(), rx, durable_tx, max_batch));
+        tokio::spawn(flusher_loop(pool, durable_rx));
         Writer { tx }
     }
 
@@ -136,7 +149,7 @@ impl Writer {
     }
 }
 
-async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>, durable: mpsc::Sender<Answers>, max_batch: usize) {
     // A connection of its own, kept across batches (no acquire and ping per batch); replaced
     // after any error that may have broken it.
     let mut conn: Option<PoolConnection<Postgres>> = None;
@@ -162,7 +175,7 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>, max_batch: usize
         }
         let started = Instant::now();
         let n = batch.len();
-        carry = commit_batch(&pool, &mut conn, batch).await;
+        carry = commit_batch(&pool, &mut conn, &durable, batch).await;
         metrics::histogram!("rig_ingest_batch_duration_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("rig_ingest_batch_requests").record((n - carry.len()) as f64);
     }
@@ -191,13 +204,18 @@ async fn discard(conn: &mut Option<PoolConnection<Postgres>>) {
 ///
 /// A non-transient database error fails a whole transaction; so that one request's failure
 /// never fails the others, such a batch is retried one request per transaction.
-async fn commit_batch(pool: &PgPool, conn: &mut Option<PoolConnection<Postgres>>, batch: Vec<Job>) -> Vec<Job> {
+async fn commit_batch(
+    pool: &PgPool,
+    conn: &mut Option<PoolConnection<Postgres>>,
+    durable: &mpsc::Sender<Answers>,
+    batch: Vec<Job>,
+) -> Vec<Job> {
     let result = match connection(pool, conn).await {
         Ok(c) => try_commit_batch(c, &batch).await,
         Err(e) => Err(e),
     };
     match result {
-        Ok(decided) => reply_all(batch, decided),
+        Ok(decided) => reply_all(batch, decided, durable).await,
         Err(e) if batch.len() > 1 && !is_transient(&e) => {
             tracing::warn!(error = %e, requests = batch.len(), "batch failed; retrying each request alone");
             discard(conn).await;
@@ -208,7 +226,7 @@ async fn commit_batch(pool: &PgPool, conn: &mut Option<PoolConnection<Postgres>>
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(decided) => carry.extend(reply_all(vec![job], decided)),
+                    Ok(decided) => carry.extend(reply_all(vec![job], decided, durable).await),
                     Err(e) => {
                         discard(conn).await;
                         fail_all(vec![job], &e)
@@ -225,19 +243,82 @@ async fn commit_batch(pool: &PgPool, conn: &mut Option<PoolConnection<Postgres>>
     }
 }
 
-fn reply_all(batch: Vec<Job>, (decisions, carry_idx): Decided) -> Vec<Job> {
+/// Hands a decided batch's answers to the flusher; returns the jobs to carry to the next batch.
+async fn reply_all(batch: Vec<Job>, decided: Decided, durable: &mpsc::Sender<Answers>) -> Vec<Job> {
     let mut carry = Vec::new();
-    for (i, (job, decision)) in batch.into_iter().zip(decisions).enumerate() {
-        if carry_idx.contains(&i) {
+    let mut replies = Vec::with_capacity(batch.len());
+    for (i, (job, decision)) in batch.into_iter().zip(decided.decisions).enumerate() {
+        if decided.carry.contains(&i) {
             carry.push(job);
-            continue;
+        } else if let Some(result) = decision {
+            replies.push((job.reply, result));
         }
-        if let Some(result) = decision {
-            record_outcome(&result);
-            let _ = job.reply.send(result);
+    }
+    let answers = Answers {
+        replies,
+        needs_flush: decided.needs_flush,
+    };
+    if let Err(mpsc::error::SendError(a)) = durable.send(answers).await {
+        // Only when the process is going down: nobody can vouch for durability any more.
+        for (reply, _) in a.replies {
+            let _ = reply.send(Err(AppendError::Unavailable("ingest is shutting down".into())));
         }
     }
     carry
+}
+
+/// A batch's answers, waiting for the WAL flush that makes what they report durable.
+struct Answers {
+    replies: Vec<(Reply, Result<AppendOk, AppendError>)>,
+    /// The batch committed, or answered "already stored" (which may rest on another batch's
+    /// commit that is not flushed yet).
+    needs_flush: bool,
+}
+
+/// Answers clients only once what they are told is on disk, so that the writer never waits
+/// for an fsync: it commits with `synchronous_commit = off` (set by `rig_append_begin`) and
+/// goes on with the next batch while this task, on a connection of its own, commits one WAL
+/// record synchronously. A flush covers all WAL written before it, so one flush makes every
+/// batch committed before it started durable, however many there are (a group flush on top of
+/// the group commit).
+///
+/// Answers leave in batch order, and a round without a batch that needs the flush comes after
+/// every earlier batch was flushed: so even a refusal judged against a fresh commit (a 409) is
+/// only sent once that commit is durable. If the flush fails, nobody can say whether the
+/// round's commits survived: every request of the round is answered 503 and its client retries
+/// (an append with its own event ids is then answered "already stored" if it had landed).
+async fn flusher_loop(pool: PgPool, mut rx: mpsc::Receiver<Answers>) {
+    let mut conn: Option<PoolConnection<Postgres>> = None;
+    let mut round: Vec<Answers> = Vec::new();
+    while rx.recv_many(&mut round, 1024).await > 0 {
+        let flushed = if round.iter().any(|a| a.needs_flush) {
+            let result = match connection(&pool, &mut conn).await {
+                Ok(c) => sqlx::query("SELECT pg_logical_emit_message(true, 'rig-ingest', 'durable')")
+                    .execute(c)
+                    .await
+                    .map(drop),
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                discard(&mut conn).await;
+            }
+            result
+        } else {
+            Ok(())
+        };
+        for answers in round.drain(..) {
+            for (reply, result) in answers.replies {
+                let result = match &flushed {
+                    Ok(()) => result,
+                    Err(e) => Err(AppendError::Unavailable(format!(
+                        "the append may not be durable (its WAL flush failed: {e}); retry it"
+                    ))),
+                };
+                record_outcome(&result);
+                let _ = reply.send(result);
+            }
+        }
+    }
 }
 
 fn fail_all(batch: Vec<Job>, e: &sqlx::Error) {
@@ -270,7 +351,13 @@ fn record_outcome(r: &Result<AppendOk, AppendError>) {
     }
 }
 
-type Decided = (Vec<Option<Result<AppendOk, AppendError>>>, HashSet<usize>);
+/// What a batch decided: an answer per job (in order), the jobs to carry to the next batch, and
+/// whether the answers need a WAL flush before they are sent.
+struct Decided {
+    decisions: Vec<Option<Result<AppendOk, AppendError>>>,
+    carry: HashSet<usize>,
+    needs_flush: bool,
+}
 
 /// What `rig_append_begin` returns: the state the batch is judged against, read under the lock.
 #[derive(Deserialize)]
@@ -484,8 +571,12 @@ async fn try_commit_batch(conn: &mut PgConnection, batch: &[Job]) -> Result<Deci
         let answers_stored = decisions
             .iter()
             .any(|d| matches!(d, Decision::Done(Ok(AppendOk::AlreadyStored(_)))));
-        end(conn, "ROLLBACK", answers_stored).await?;
-        return Ok((finish(decisions, &[], &rows, &sids), carry));
+        sqlx::Executor::execute(&mut *conn, "ROLLBACK").await?;
+        return Ok(Decided {
+            decisions: finish(decisions, &[], &rows, &sids),
+            carry,
+            needs_flush: answers_stored,
+        });
     }
 
     let issues: Vec<&IssueState> = heads
@@ -495,8 +586,14 @@ async fn try_commit_batch(conn: &mut PgConnection, batch: &[Job]) -> Result<Deci
         .collect();
     let agents = fold_agents(batch, &sids, &rows, lookup.agents, now);
     let positions = write(conn, batch, &sids, &rows, &issues, &agents, now).await?;
-    end(conn, "COMMIT", true).await?;
-    Ok((finish(decisions, &positions, &rows, &sids), carry))
+    // `synchronous_commit` is off for this transaction: the commit releases the append lock
+    // without waiting for its fsync, and the flusher waits for it before anyone is answered.
+    sqlx::Executor::execute(&mut *conn, "COMMIT").await?;
+    Ok(Decided {
+        decisions: finish(decisions, &positions, &rows, &sids),
+        carry,
+        needs_flush: true,
+    })
 }
 
 /// BEGIN, then `rig_append_begin` (lock, then the reads), in ONE round trip: a simple query
@@ -533,27 +630,6 @@ fn sql_literal(s: &str) -> String {
     }
     out.push('\'');
     out
-}
-
-/// Ends the append transaction (`COMMIT` or `ROLLBACK`); with `durable`, returns only once
-/// everything committed so far is on disk, in the same round trip.
-///
-/// The append transaction commits with `synchronous_commit = off` (set by `rig_append_begin`),
-/// so its commit, which releases the append lock, does not wait for the WAL flush: another
-/// ingest process (production runs two) takes the lock at once instead of queueing behind our
-/// fsync. No client is answered before the flush, though: the statement after COMMIT runs in a
-/// transaction of its own that writes one WAL record and commits synchronously, and a flush
-/// covers all WAL written before it, our commit record included. Readers may see a batch a
-/// moment before it is durable; a consumer's own (synchronous) commit flushes the events it
-/// read, so no checkpoint can get ahead of the durable log.
-async fn end(conn: &mut PgConnection, how: &str, durable: bool) -> Result<(), sqlx::Error> {
-    let sql = if durable {
-        format!("{how}; SELECT pg_logical_emit_message(true, 'rig-ingest', 'durable')")
-    } else {
-        how.to_owned()
-    };
-    sqlx::Executor::execute(conn, sql.as_str()).await?;
-    Ok(())
 }
 
 fn finish(

@@ -418,6 +418,19 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
             sizes.history_events
         ));
         generate_usage_events(&pool, sizes.history_events, "bench-history").await?;
+        // Their issues' rows too, as ingest would have left them (TOKEN_USAGE changes nothing but
+        // the version): a live rig's issue_state is not empty, and a lookup that scans it
+        // instead of probing its key must show here, not first in production.
+        sqlx::query(
+            "INSERT INTO issue_state (stream_id, repo, issue_number, version, first_event_at, updated_at) \
+             SELECT stream_id, split_part(stream_id, '#', 1), split_part(stream_id, '#', 2)::bigint, \
+                    max(version), min(recorded_at), max(recorded_at) \
+             FROM events WHERE stream_id NOT LIKE 'agent:%' GROUP BY stream_id",
+        )
+        .execute(&pool)
+        .await
+        .context("seed issue_state for the history")?;
+        sqlx::query("VACUUM (ANALYZE) issue_state").execute(&pool).await?;
         sqlx::query(
             "INSERT INTO bench_raw_events (stream_id, version, event_id, event_type, schema_version, data, metadata, \
                  occurred_at, recorded_at) \
