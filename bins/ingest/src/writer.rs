@@ -678,8 +678,8 @@ async fn write(
     let inserted: Vec<(Uuid, i64)> = sqlx::query_as(
         "WITH ins AS ( \
              INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data, metadata, occurred_at, recorded_at) \
-             SELECT s, v, id, t, sv, d, m, o, $9 \
-             FROM unnest($1::text[], $2::int[], $3::uuid[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[], $8::timestamptz[]) \
+             SELECT s, v, id, t, sv, d::jsonb, m::jsonb, o, $9 \
+             FROM unnest($1::text[], $2::int[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[], $8::timestamptz[]) \
                   WITH ORDINALITY AS u(s, v, id, t, sv, d, m, o, n) \
              ORDER BY n \
              RETURNING event_id, position), \
@@ -708,8 +708,8 @@ async fn write(
     .bind(&ids)
     .bind(rows.iter().map(|r| ev(r).event_type.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| ev(r).schema_version).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| Json(&ev(r).data)).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| Json(&ev(r).metadata)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| ev(r).data.to_string()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| ev(r).metadata.to_string()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| ev(r).occurred_at).collect::<Vec<_>>())
     .bind(now)
     .bind(issue_col!(stream_id))
