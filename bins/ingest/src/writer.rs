@@ -27,24 +27,34 @@
 //! measured slower (the same requests split into batches half the size).
 //!
 //! What profiles of the lock holder's backend showed (`perf record` under `wrk`, 64 clients of
-//! single-event appends, and 4 clients of 500-event appends):
+//! single-event appends, and 4 clients of 500-event appends), and what each change measured in
+//! alternating runs of the old and new binary on one database:
 //! - `rig_append_begin` as first written (0021) was over a third of the backend's CPU for single
 //!   appends, mostly planning its eight statements anew at each call, and with a few thousand
 //!   issues it scanned `issue_state` instead of probing its key. Migration 0022 made it two
-//!   statements with generic plans, each lookup an index probe: single appends went from
-//!   7.4-8.3k/s to 9.3-10.8k/s and 500-event appends from 75-84 to 82-90 requests/s in
-//!   alternating runs.
-//! - Taking the fsync off the writer's path (the flusher) lets the next batch start while the
-//!   previous one is being flushed.
-//! - A 500-event append is now the one backend inserting under the lock: index inserts ~30 %,
-//!   decoding the array parameters (jsonb parsing) ~23 %, page faults on the large parameter
-//!   arrays ~8 %, the event_type CHECK ~6 %, heap inserts ~6 %. The raw baseline spreads the
-//!   same per-row work over 8 connections and both cores; one backend inserting 1,000 rows per
-//!   transaction (pgbench, same table) reaches ~38k rows/s where 8 connections of 100 reach ~51k.
+//!   statements with generic plans, each lookup an index probe: single appends 7.4-8.3k/s →
+//!   9.3-10.8k/s, 500-event appends 75-84 → 82-90 requests/s.
+//! - The flusher (the fsync off the writer's path): 500-event appends 75-80 → 86-97 requests/s;
+//!   single appends unchanged (8.2-9.7k/s either way).
+//! - Event data sent as `text[]` and cast row by row instead of as `jsonb[]`: the large jsonb[]
+//!   parameters cost the backend ~8 % in page faults. 500-event appends 92.8 → 101.7 requests/s
+//!   (means of six pairs).
+//! - Tried and dropped: sending a batch's COMMIT in the same round trip as the next batch's
+//!   BEGIN. One round trip fewer, yet slower (single appends 10.3-11.9k/s → 8.5-9.4k/s): a
+//!   batch's clients were answered only after the next batch's reads, and batches shrank.
+//!
+//! A 500-event append is now the one backend inserting under the lock (~85 % on CPU): index
+//! inserts ~36 %, jsonb parsing ~18 %, the event_type CHECK ~6 %, heap inserts ~7 %, WAL ~5 %,
+//! sorting rows into array order ~4 %. The raw baseline spreads the same per-row work over 8
+//! connections and both cores; one backend inserting 1,000 rows per transaction (pgbench, same
+//! table) reaches ~38k rows/s where 8 connections of 100 reach ~51k. For single appends the
+//! backend is ~66 % on CPU (a quarter of it in `rig_append_begin`) and ingest spends ~47 µs of
+//! CPU per request (hyper, axum, serde_json, allocation, no hot spot).
 //!
 //! Not tried yet: one round trip per batch (a write function taking the batch as one json, with
-//! the lookups validated against a cache in the writer); positions computed from the first one
-//! instead of returned per row.
+//! the lookups validated against a cache in the writer; the dropped COMMIT merge suggests round
+//! trips alone are not the bound); positions computed from the first one instead of returned
+//! per row.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
