@@ -649,3 +649,47 @@ async fn agent_ids_with_quotes_and_backslashes_are_stored_as_sent() {
     assert_eq!(stored, expected);
     assert_eq!(db.events().await, 3 * nasty.len() as i64);
 }
+
+/// The lookups every append batch makes under the append lock (`rig_append_begin`) must probe
+/// `issue_state` by key, whatever its size and statistics: a sequential scan there costs every
+/// batch time proportional to the number of issues ever seen. The first version of the function
+/// scanned it once a few thousand issues were analyzed (migration 0022 explains).
+#[tokio::test]
+async fn append_lookups_probe_issue_state_by_key_however_many_issues_exist() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO issue_state (stream_id, repo, issue_number, version, first_event_at, updated_at) \
+         SELECT 'acme/big#' || g, 'acme/big', g, 1, now(), now() FROM generate_series(1, 2000) g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE issue_state").execute(&db.pool).await.unwrap();
+
+    let streams: Vec<String> = (1..=64).map(|i| format!("acme/big#{}", i * 20)).collect();
+    let request = json!({"ids": [Uuid::new_v4()], "streams": streams, "agents": ["dev-1"]});
+    // One transaction, so the backend's pending table counters are not flushed (and reset)
+    // between the two readings.
+    let mut tx = db.pool.begin().await.unwrap();
+    let scans = "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'issue_state'";
+    let (seq0, idx0): (i64, i64) = sqlx::query_as(scans).fetch_one(&mut *tx).await.unwrap();
+    // Several calls: a plan cache may switch plans after the first few.
+    for _ in 0..8 {
+        let lookup: Value = sqlx::query_scalar("SELECT rig_append_begin($1, $2)::jsonb")
+            .bind(shared::db::APPEND_LOCK_KEY)
+            .bind(&request)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(lookup["issues"].as_array().map(Vec::len), Some(64), "{lookup}");
+        assert_eq!(lookup["stored"], json!([]));
+    }
+    let (seq1, idx1): (i64, i64) = sqlx::query_as(scans).fetch_one(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(seq1 - seq0, 0, "rig_append_begin scanned issue_state sequentially");
+    assert!(
+        idx1 - idx0 >= 8 * 64,
+        "one index probe per stream and call: {}",
+        idx1 - idx0
+    );
+}
