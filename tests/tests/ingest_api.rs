@@ -599,6 +599,13 @@ async fn ops_endpoints_answer() {
         .unwrap();
     assert!(m.contains("rig_ingest_events_appended_total"), "{m}");
     assert!(m.contains("rig_ingest_requests_total{route=\"/v1/events\""), "{m}");
+    for group_commit in [
+        "rig_ingest_batch_requests",
+        "rig_ingest_batch_duration_seconds",
+        "rig_ingest_wal_flush_duration_seconds",
+    ] {
+        assert!(m.contains(group_commit), "{group_commit} missing from:\n{m}");
+    }
     let r = c.get(ingest.url("/nope")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");

@@ -302,6 +302,7 @@ async fn flusher_loop(pool: PgPool, mut rx: mpsc::Receiver<Answers>) {
     let mut round: Vec<Answers> = Vec::new();
     while rx.recv_many(&mut round, 1024).await > 0 {
         let flushed = if round.iter().any(|a| a.needs_flush) {
+            let started = Instant::now();
             let result = match connection(&pool, &mut conn).await {
                 Ok(c) => sqlx::query("SELECT pg_logical_emit_message(true, 'rig-ingest', 'durable')")
                     .execute(c)
@@ -309,6 +310,9 @@ async fn flusher_loop(pool: PgPool, mut rx: mpsc::Receiver<Answers>) {
                     .map(drop),
                 Err(e) => Err(e),
             };
+            // How long clients wait for the disk after their batch committed: the first place
+            // a slow or saturated WAL device shows.
+            metrics::histogram!("rig_ingest_wal_flush_duration_seconds").record(started.elapsed().as_secs_f64());
             if result.is_err() {
                 discard(&mut conn).await;
             }
