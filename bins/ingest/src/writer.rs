@@ -313,7 +313,8 @@ async fn flusher_loop(pool: PgPool, mut rx: mpsc::Receiver<Answers>) {
             // How long clients wait for the disk after their batch committed: the first place
             // a slow or saturated WAL device shows.
             metrics::histogram!("rig_ingest_wal_flush_duration_seconds").record(started.elapsed().as_secs_f64());
-            if result.is_err() {
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "the WAL flush failed; the appends it was to cover are answered 503 and retried by their clients");
                 discard(&mut conn).await;
             }
             result
