@@ -290,7 +290,11 @@ struct Answers {
 /// goes on with the next batch while this task, on a connection of its own, commits one WAL
 /// record synchronously. A flush covers all WAL written before it, so one flush makes every
 /// batch committed before it started durable, however many there are (a group flush on top of
-/// the group commit).
+/// the group commit). Since the commit releases the append lock before its fsync, another
+/// ingest process (production runs two) takes the lock at once instead of queueing behind it.
+///
+/// Readers may see a batch a moment before it is durable; a consumer's own (synchronous) commit
+/// flushes the events it read, so no checkpoint can get ahead of the durable log.
 ///
 /// Answers leave in batch order, and a round without a batch that needs the flush comes after
 /// every earlier batch was flushed: so even a refusal judged against a fresh commit (a 409) is
