@@ -294,6 +294,22 @@ async fn bad_input_gets_a_json_error_and_writes_nothing() {
             "invalid_request",
         ),
         (
+            "misspelt expected_version (would silently drop the concurrency check)",
+            ok(json!({"stream_id": "acme/widgets#1", "expectedVersion": 0, "events": [{"type": "ISSUE_APPROVED"}]})),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "event_id instead of id (would silently lose idempotency)",
+            ok(
+                json!({"stream_id": "acme/widgets#1", "events": [{"event_id": "0190f5a2-4a4e-7c3b-9d2e-4b1f3c5a6d7e", "type": "ISSUE_APPROVED"}]}),
+            ),
+            Some("s3cret-token"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+        ),
+        (
             "no events",
             ok(json!({"stream_id": "acme/widgets#1", "events": []})),
             Some("s3cret-token"),

@@ -66,6 +66,13 @@ pub fn parse_append(body: Value) -> Result<Append, ApiError> {
         Some(_) => return Err(ApiError::InvalidRequest("events must be an array".into())),
         None => return Err(ApiError::InvalidRequest("events is required".into())),
     };
+    // A misspelt key must not be dropped silently: `expectedVersion` would turn off the
+    // concurrency check the client asked for.
+    if let Some(k) = obj.keys().next() {
+        return Err(ApiError::InvalidRequest(format!(
+            "unknown field {k:?}; a request has stream_id, expected_version and events"
+        )));
+    }
     if list.is_empty() {
         return Err(ApiError::InvalidRequest(
             "events is empty; send 1 to 1000 events".into(),
@@ -138,6 +145,17 @@ fn parse_event(e: Value) -> Result<NewEvent, String> {
             .filter(|n| (1..=i64::from(i32::MAX)).contains(n))
             .ok_or("schema_version must be an integer >= 1")? as i32,
     };
+    // A misspelt `id` (`event_id`, say) would silently cost the client its idempotent retries.
+    if let Some(k) = o.keys().next() {
+        let hint = if k == "event_id" {
+            " (the event's id is \"id\")"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "unknown field {k:?}{hint}; an event has id, type, data, metadata, occurred_at and schema_version"
+        ));
+    }
     Ok(NewEvent {
         event_id,
         id_from_client,
