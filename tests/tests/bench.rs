@@ -19,6 +19,7 @@ const WORKERS: [&str; 5] = [
 fn expected_figures() -> Vec<String> {
     let mut names: Vec<String> = [
         "append_single_http_64",
+        "append_single_http_64_vs_http_ceiling",
         "append_batch500_http_4",
         "claims_http_64x32",
         "claim_conflicts_http_64x32",
@@ -85,6 +86,7 @@ async fn bench_quick_reports_every_figure_with_baseline_and_ratio_and_drops_its_
     for name in [
         "raw_insert_autocommit_8",
         "raw_insert_autocommit_8_latency",
+        "http_refused_64",
         "raw_insert_100row_8",
         "raw_read_seq",
     ] {
@@ -95,6 +97,12 @@ async fn bench_quick_reports_every_figure_with_baseline_and_ratio_and_drops_its_
         assert!(b["value"].is_number(), "baseline {name} has no numeric value: {b}");
         assert!(b["unit"].is_string(), "baseline {name} has no unit: {b}");
     }
+
+    // The HTTP ceiling counts only the 422 answers it asked for: every request was refused by
+    // validation, none written, none failed otherwise.
+    let ceiling = baselines.iter().find(|b| b["name"] == "http_refused_64").unwrap();
+    assert_eq!(ceiling["detail"]["errors"], 0, "{ceiling}");
+    assert!(ceiling["value"].as_f64().unwrap() > 0.0, "{ceiling}");
 
     let figures = r["figures"].as_array().unwrap();
     for name in expected_figures() {
@@ -109,9 +117,9 @@ async fn bench_quick_reports_every_figure_with_baseline_and_ratio_and_drops_its_
             f["unit"].is_string() && f["baseline"].is_string(),
             "figure {name} lacks unit or baseline: {f}"
         );
-        // A figure compared with a raw baseline names one that the report holds.
+        // A figure compared with a measured baseline names one that the report holds.
         let base = f["baseline"].as_str().unwrap();
-        if base.starts_with("raw_") && !base.contains("_latency_") {
+        if (base.starts_with("raw_") || base.starts_with("http_")) && !base.contains("_latency_") {
             assert!(
                 baselines.iter().any(|b| b["name"] == base),
                 "figure {name} names unknown baseline {base}"
