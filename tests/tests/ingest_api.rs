@@ -716,3 +716,106 @@ async fn append_lookups_probe_issue_state_by_key_however_many_issues_exist() {
         idx1 - idx0
     );
 }
+
+/// A long stream is read a page at a time with `from_version` and `limit`; `version` and `state`
+/// still describe the whole stream up to the cut, and the pages put together are the stream.
+#[tokio::test]
+async fn long_streams_are_read_a_page_at_a_time() {
+    let db = TestDb::new().await;
+    let ingest = TestIngest::start(&db).await;
+    let c = reqwest::Client::new();
+    let get = |path: String| {
+        let c = c.clone();
+        let url = ingest.url(&path);
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // An agent stream of 25 heartbeats and an issue stream of 7 events.
+    let agent = "agent:dev-pager";
+    let beats: Vec<Value> = (0..25)
+        .map(|_| json!({"type": "HEARTBEAT", "data": {"agent_id": "dev-pager"}}))
+        .collect();
+    let (s, b) = post(
+        &c,
+        &ingest.url("/v1/events"),
+        &json!({"stream_id": agent, "events": beats}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let issue = "acme/pager#7";
+    let mut issue_events = vec![
+        json!({"type": "ISSUE_APPROVED"}),
+        json!({"type": "ISSUE_ASSIGNED", "data": {"agent_id": "dev-pager"}}),
+    ];
+    issue_events.extend((0..5).map(|_| json!({"type": "HEARTBEAT", "data": {"agent_id": "dev-pager"}})));
+    let (s, b) = post(
+        &c,
+        &ingest.url("/v1/events"),
+        &json!({"stream_id": issue, "events": issue_events}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+
+    for (sid, total) in [(agent, 25), (issue, 7)] {
+        let (_, whole) = get(format!("/v1/streams/{}", enc(sid))).await;
+        assert!(
+            whole.get("next_from_version").is_none(),
+            "an unpaged read is whole: {whole}"
+        );
+        let mut pages: Vec<Value> = Vec::new();
+        let mut from = 1;
+        loop {
+            let (s, page) = get(format!("/v1/streams/{}?from_version={from}&limit=4", enc(sid))).await;
+            assert_eq!(s, StatusCode::OK, "{page}");
+            assert_eq!(
+                page["version"], total,
+                "version is the stream's, not the page's: {page}"
+            );
+            assert_eq!(page["state"], whole["state"], "state is the whole stream's: {page}");
+            let evs = page["events"].as_array().unwrap();
+            assert!(evs.len() <= 4, "{page}");
+            pages.extend(evs.iter().cloned());
+            match page.get("next_from_version") {
+                Some(n) => from = n.as_i64().unwrap(),
+                None => break,
+            }
+        }
+        assert_eq!(
+            &pages,
+            whole["events"].as_array().unwrap(),
+            "{sid}: the pages are the stream"
+        );
+        assert_eq!(pages.len(), total as usize);
+    }
+    // A page under a time-travel cut stops at the cut.
+    let (_, cut) = get(format!(
+        "/v1/streams/{}?to_version=10&from_version=9&limit=5",
+        enc(agent)
+    ))
+    .await;
+    assert_eq!(cut["version"], 10, "{cut}");
+    let versions: Vec<i64> = cut["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [9, 10]);
+    assert!(cut.get("next_from_version").is_none(), "{cut}");
+    // Bad paging parameters: a JSON 422 naming the parameter.
+    for q in [
+        "limit=0",
+        "limit=10001",
+        "limit=many",
+        "from_version=0",
+        "from_version=-3",
+    ] {
+        let (s, b) = get(format!("/v1/streams/{}?{q}", enc(agent))).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{q}: {b}");
+        assert_eq!(b["error"], "invalid_request", "{q}: {b}");
+        let name = q.split('=').next().unwrap();
+        assert!(b["detail"].as_str().unwrap().contains(name), "{q}: {b}");
+    }
+}

@@ -191,7 +191,12 @@ pub async fn append(
 pub struct StreamQuery {
     to_version: Option<String>,
     at: Option<String>,
+    from_version: Option<String>,
+    limit: Option<String>,
 }
+
+/// Most events one page of a stream read may ask for.
+pub const MAX_STREAM_PAGE: i64 = 10_000;
 
 #[derive(Serialize)]
 struct StreamView {
@@ -199,9 +204,25 @@ struct StreamView {
     version: i64,
     events: Vec<StoredEvent>,
     state: Option<IssueState>,
+    /// Where the next page starts, when `limit` cut this one short.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_from_version: Option<i64>,
+}
+
+/// An optional integer query parameter within `min..=max`.
+fn int_param(name: &str, raw: Option<&str>, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+    raw.map(|v| {
+        v.parse::<i64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| ApiError::InvalidRequest(format!("{name} must be an integer from {min} to {max}")))
+    })
+    .transpose()
 }
 
 /// `GET /v1/streams/{stream_id}?to_version=N | ?at=TIME`: the events and the folded state then.
+/// `from_version` and `limit` page through a long stream (an agent's heartbeats, say); `version`
+/// and `state` always describe the whole stream up to the cut, whatever page is shown.
 pub async fn read_stream(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -218,6 +239,8 @@ pub async fn read_stream(
                 .ok_or_else(|| ApiError::InvalidRequest("to_version must be an integer >= 0".into()))?,
         ),
     };
+    let from_version = int_param("from_version", q.from_version.as_deref(), 1, i64::MAX)?.unwrap_or(1);
+    let limit = int_param("limit", q.limit.as_deref(), 1, MAX_STREAM_PAGE)?;
     let at = match q.at.as_deref() {
         None => None,
         Some(t) => Some(
@@ -238,31 +261,65 @@ pub async fn read_stream(
     if !exists {
         return Err(ApiError::NotFound(format!("stream {sid} has no events")));
     }
-    let events: Vec<StoredEvent> = sqlx::query_as(&format!(
+    // An issue's state is the fold of its whole prefix, so an issue stream is read from version 1
+    // and the page cut out here; any other stream (no state) reads just the page, one row more
+    // to tell whether another page follows.
+    let is_issue = matches!(stream, StreamId::Issue { .. });
+    let (read_from, read_limit) = if is_issue {
+        (1, None)
+    } else {
+        (from_version, limit.map(|l| l + 1))
+    };
+    let mut events: Vec<StoredEvent> = sqlx::query_as(&format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 \
          AND ($2::bigint IS NULL OR version <= $2) AND ($3::timestamptz IS NULL OR recorded_at <= $3) \
-         ORDER BY version"
+         AND version >= $4 ORDER BY version LIMIT $5"
     ))
     .bind(&sid)
     .bind(to_version)
     .bind(at)
+    .bind(read_from)
+    .bind(read_limit)
     .fetch_all(&state.pool)
     .await?;
-    let state_at = fold_issue(
-        &sid,
-        events.iter().map(|e| FoldInput {
-            version: e.version,
-            event_type: &e.event_type,
-            data: &e.data,
-            recorded_at: e.recorded_at,
-        }),
-    );
-    let version = events.last().map_or(0, |e| i64::from(e.version));
+    let (version, state_at) = if is_issue {
+        let folded = fold_issue(
+            &sid,
+            events.iter().map(|e| FoldInput {
+                version: e.version,
+                event_type: &e.event_type,
+                data: &e.data,
+                recorded_at: e.recorded_at,
+            }),
+        );
+        let version = events.last().map_or(0, |e| i64::from(e.version));
+        events.retain(|e| i64::from(e.version) >= from_version);
+        (version, folded)
+    } else {
+        let version: Option<i32> = sqlx::query_scalar(
+            "SELECT max(version) FROM events WHERE stream_id = $1 \
+             AND ($2::bigint IS NULL OR version <= $2) AND ($3::timestamptz IS NULL OR recorded_at <= $3)",
+        )
+        .bind(&sid)
+        .bind(to_version)
+        .bind(at)
+        .fetch_one(&state.pool)
+        .await?;
+        (version.map_or(0, i64::from), None)
+    };
+    let mut next_from_version = None;
+    if let Some(l) = limit.and_then(|l| usize::try_from(l).ok()) {
+        if events.len() > l {
+            events.truncate(l);
+            next_from_version = events.last().map(|e| i64::from(e.version) + 1);
+        }
+    }
     Ok(Json(StreamView {
         stream_id: sid,
         version,
         events,
         state: state_at,
+        next_from_version,
     })
     .into_response())
 }
