@@ -819,3 +819,45 @@ async fn long_streams_are_read_a_page_at_a_time() {
         assert!(b["detail"].as_str().unwrap().contains(name), "{q}: {b}");
     }
 }
+
+/// Every read endpoint refuses a bad query string with a JSON 422 that names the parameter: a
+/// value of the wrong type, and an unknown (misspelt) parameter, which would otherwise be ignored
+/// and answer a question the caller did not ask.
+#[tokio::test]
+async fn bad_query_strings_get_a_json_422_naming_the_parameter() {
+    let db = TestDb::new().await;
+    let ingest = TestIngest::start(&db).await;
+    let c = reqwest::Client::new();
+    let (s, b) = post(
+        &c,
+        &ingest.url("/v1/events"),
+        &json!({"stream_id": "acme/q#1", "events": [{"type": "ISSUE_APPROVED"}]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    for (path, name) in [
+        ("/v1/issues?limit=abc", "limit"),
+        ("/v1/issues?limt=3", "limt"),
+        ("/v1/issues?status=approved&agent=dev-a", "agent"),
+        ("/v1/usage?agent=dev-a", "agent"),
+        ("/v1/costs/daily?day=3", "day"),
+        ("/v1/streams/acme%2Fq%231?tover=1", "tover"),
+    ] {
+        let r = c.get(ingest.url(path)).send().await.unwrap();
+        let status = r.status();
+        let b: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {b}");
+        assert_eq!(b["error"], "invalid_request", "{path}: {b}");
+        assert!(b["detail"].as_str().unwrap().contains(name), "{path}: {b}");
+    }
+    // The same endpoints with good parameters still answer.
+    for path in [
+        "/v1/issues?status=approved&limit=5",
+        "/v1/usage?agent_id=dev-a",
+        "/v1/costs/daily?days=3",
+        "/v1/streams/acme%2Fq%231?to_version=1",
+    ] {
+        let r = c.get(ingest.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+    }
+}

@@ -5,12 +5,14 @@ use crate::writer::{Append, AppendOk, NewEvent};
 use crate::{authorize, AppState};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use shared::events::{self, StoredEvent, EVENT_COLUMNS};
@@ -20,6 +22,21 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
+
+/// A query string, parsed like axum's `Query` but refused as our JSON 422: an unknown parameter
+/// (`?limt=5`) or a value of the wrong type names itself instead of being ignored or answered
+/// with a plain-text 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|r| ApiError::InvalidRequest(r.body_text()))
+    }
+}
 
 /// The body as bytes, with the size limit reported as our JSON 413.
 pub fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -188,6 +205,7 @@ pub async fn append(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     to_version: Option<String>,
     at: Option<String>,
@@ -226,7 +244,7 @@ fn int_param(name: &str, raw: Option<&str>, min: i64, max: i64) -> Result<Option
 pub async fn read_stream(
     State(state): State<AppState>,
     Path(raw): Path<String>,
-    Query(q): Query<StreamQuery>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Response, ApiError> {
     let stream = parse_stream_id(&raw)?;
     let sid = stream.to_string();
@@ -338,6 +356,7 @@ pub async fn get_issue(State(state): State<AppState>, Path(raw): Path<String>) -
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IssuesQuery {
     status: Option<String>,
     agent_id: Option<String>,
@@ -348,7 +367,10 @@ pub struct IssuesQuery {
 pub const STATUSES: &[&str] = &["approved", "assigned", "in_progress", "in_review", "merged", "done"];
 
 /// `GET /v1/issues?status=…&agent_id=…&repo=…`
-pub async fn list_issues(State(state): State<AppState>, Query(q): Query<IssuesQuery>) -> Result<Response, ApiError> {
+pub async fn list_issues(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<IssuesQuery>,
+) -> Result<Response, ApiError> {
     if let Some(s) = &q.status {
         if !STATUSES.contains(&s.as_str()) {
             return Err(ApiError::InvalidRequest(format!(
@@ -395,6 +417,7 @@ pub async fn list_agents(State(state): State<AppState>) -> Result<Response, ApiE
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     stream_id: Option<String>,
     agent_id: Option<String>,
@@ -414,7 +437,7 @@ pub struct UsageRow {
 }
 
 /// `GET /v1/usage?stream_id=…|agent_id=…`: token usage (token-projector's table).
-pub async fn usage(State(state): State<AppState>, Query(q): Query<UsageQuery>) -> Result<Response, ApiError> {
+pub async fn usage(State(state): State<AppState>, ApiQuery(q): ApiQuery<UsageQuery>) -> Result<Response, ApiError> {
     let sid = match &q.stream_id {
         Some(s) => Some(parse_stream_id(s)?.to_string()),
         None => None,
@@ -439,6 +462,7 @@ pub async fn usage(State(state): State<AppState>, Query(q): Query<UsageQuery>) -
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CostQuery {
     days: Option<String>,
 }
@@ -459,7 +483,10 @@ pub struct DailyCostRow {
 }
 
 /// `GET /v1/costs/daily?days=N`: the last N UTC days (today included) of `daily_cost`.
-pub async fn daily_costs(State(state): State<AppState>, Query(q): Query<CostQuery>) -> Result<Response, ApiError> {
+pub async fn daily_costs(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<CostQuery>,
+) -> Result<Response, ApiError> {
     let days = match q.days.as_deref() {
         None => 7,
         Some(d) => d
