@@ -112,6 +112,20 @@ impl IssueState {
     }
 }
 
+/// Folds stored events of an issue stream (in version order), as time travel and `rigctl
+/// stream` read them. `None` for an empty or agent stream.
+pub fn fold_stored(stream_id: &str, events: &[StoredEvent]) -> Option<IssueState> {
+    fold_issue(
+        stream_id,
+        events.iter().map(|e| FoldInput {
+            version: e.version,
+            event_type: &e.event_type,
+            data: &e.data,
+            recorded_at: e.recorded_at,
+        }),
+    )
+}
+
 /// Folds a whole issue stream (events in version order). `None` for an empty or agent stream.
 pub fn fold_issue<'a>(stream_id: &str, events: impl IntoIterator<Item = FoldInput<'a>>) -> Option<IssueState> {
     let sid = crate::stream_id::StreamId::parse(stream_id).ok()?;

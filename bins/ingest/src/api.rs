@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use shared::events::{self, StoredEvent, EVENT_COLUMNS};
-use shared::fold::{fold_issue, FoldInput, IssueState};
+use shared::fold::{fold_stored, IssueState};
 use shared::StreamId;
 use std::collections::HashSet;
 use uuid::Uuid;
@@ -301,15 +301,7 @@ pub async fn read_stream(
     .fetch_all(&state.pool)
     .await?;
     let (version, state_at) = if is_issue {
-        let folded = fold_issue(
-            &sid,
-            events.iter().map(|e| FoldInput {
-                version: e.version,
-                event_type: &e.event_type,
-                data: &e.data,
-                recorded_at: e.recorded_at,
-            }),
-        );
+        let folded = fold_stored(&sid, &events);
         let version = events.last().map_or(0, |e| i64::from(e.version));
         events.retain(|e| i64::from(e.version) >= from_version);
         (version, folded)

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use shared::events::{StoredEvent, EVENT_COLUMNS};
-use shared::fold::{fold_issue, FoldInput, IssueState};
+use shared::fold::{fold_stored, IssueState};
 use shared::StreamId;
 use sqlx::PgPool;
 use std::process::ExitCode;
@@ -43,15 +43,7 @@ pub async fn stream(
     let Some(total) = total else {
         bail!("stream {sid} has no events")
     };
-    let state = fold_issue(
-        &sid,
-        events.iter().map(|e| FoldInput {
-            version: e.version,
-            event_type: &e.event_type,
-            data: &e.data,
-            recorded_at: e.recorded_at,
-        }),
-    );
+    let state = fold_stored(&sid, &events);
     let version = events.last().map_or(0, |e| e.version);
     if as_json {
         println!(
