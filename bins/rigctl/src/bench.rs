@@ -495,7 +495,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         detail: {
             let mut d = refused.detail;
             d["what"] = json!(
-                "64 clients posting the single-append body with input_tokens = -1: ingest reads, parses and \
+                "64 clients posting the single-append body with cache_read_tokens = -1: ingest reads, parses and \
                  validates it and answers 422, touching no database; the HTTP path's own ceiling on this machine"
             );
             d["four_x_raw_autocommit_per_s"] = json!(round_sig(4.0 * raw_single.value));
