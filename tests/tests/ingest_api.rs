@@ -861,3 +861,55 @@ async fn bad_query_strings_get_a_json_422_naming_the_parameter() {
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
 }
+
+/// The positions an append reports are the positions stored for its first and last events:
+/// computed from the batch's one range of positions, or, when that range is broken (here an
+/// identity altered to step by 2), read back row by row.
+#[tokio::test]
+async fn reported_positions_are_the_stored_ones_even_when_positions_are_not_consecutive() {
+    let db = TestDb::new().await;
+    let ingest = TestIngest::start(&db).await;
+    let c = reqwest::Client::new();
+    let stored = |id: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT position FROM events WHERE event_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    for (round, step) in [(1, 1), (2, 2)] {
+        if step > 1 {
+            sqlx::query(&format!(
+                "ALTER TABLE events ALTER COLUMN position SET INCREMENT BY {step}"
+            ))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        }
+        // Several requests at once, so that they share batches.
+        let mut sent = Vec::new();
+        let mut tasks = Vec::new();
+        for k in 0..8 {
+            let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+            let events: Vec<Value> = ids
+                .iter()
+                .map(|id| json!({"id": id, "type": "TOKEN_USAGE", "data": {"agent_id": "a", "model": "m", "input_tokens": 1, "output_tokens": 1}}))
+                .collect();
+            let body = json!({"stream_id": format!("acme/pos#{round}{k}"), "events": events});
+            let (c, url) = (c.clone(), ingest.url("/v1/events"));
+            tasks.push(tokio::spawn(async move { post(&c, &url, &body).await }));
+            sent.push(ids);
+        }
+        for (ids, t) in sent.into_iter().zip(tasks) {
+            let (s, b) = t.await.unwrap();
+            assert_eq!(s, StatusCode::CREATED, "{b}");
+            assert_eq!(b["first_position"], stored(ids[0]).await, "step {step}: {b}");
+            assert_eq!(b["last_position"], stored(ids[4]).await, "step {step}: {b}");
+            let span = b["last_position"].as_i64().unwrap() - b["first_position"].as_i64().unwrap();
+            assert_eq!(span, 4 * step, "step {step}: {b}");
+        }
+    }
+}

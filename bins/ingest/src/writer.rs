@@ -64,10 +64,15 @@
 //! is ~15 % idle: at 64 clients the serial work under the lock bounds the rate, so more clients
 //! make bigger batches and more throughput (128 clients: 18-21k/s against 11-16k/s for 64).
 //!
-//! Not tried yet: one round trip per batch (a write function taking the batch as one json, with
-//! the lookups validated against a cache in the writer; the dropped COMMIT merge suggests round
-//! trips alone are not the bound); positions computed from the first one instead of returned
-//! per row.
+//! - The write returns its range of positions (three numbers) instead of a row per event:
+//!   500-event appends 162 → 175 requests/s (means of ten alternating pairs), single appends
+//!   unchanged. For 500-event appends the write statement is ~92 % of the batch (0.75 ms BEGIN
+//!   and lookups, 13 ms write, 0.3 ms COMMIT per 1,000 events, timed in a scratch build).
+//!
+//! Not tried yet: the lookups validated against a cache in the writer (the reads of
+//! `rig_append_begin` skipped when nobody else appended since the writer's last commit), and a
+//! pipelined writer (the next batch's reads overlapping this batch's write, with this batch's
+//! effects laid over them): each adds state to the one place that decides exactly-once.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -706,8 +711,10 @@ async fn write(
             issues.iter().map(|s| s.$f.clone()).collect::<Vec<_>>()
         };
     }
-    // Identity values are drawn in the order of the SELECT, i.e. the order of the arrays.
-    let inserted: Vec<(Uuid, i64)> = sqlx::query_as(
+    // Identity values are drawn in the order of the SELECT, i.e. the order of the arrays (the
+    // plan is a function scan WITH ORDINALITY feeding the insert, no sort: the order that also
+    // keeps each stream's positions in version order).
+    let (first, last, count): (Option<i64>, Option<i64>, i64) = sqlx::query_as(
         "WITH ins AS ( \
              INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data, metadata, occurred_at, recorded_at) \
              SELECT s, v, id, t, sv, d::jsonb, m::jsonb, o, $9 \
@@ -733,7 +740,7 @@ async fn write(
                  current_stream_id = excluded.current_stream_id, status = excluded.status, \
                  updated_at = excluded.updated_at), \
          wake AS (SELECT pg_notify($31, (SELECT max(position) FROM ins)::text)) \
-         SELECT ins.event_id, ins.position FROM ins, wake",
+         SELECT min(ins.position), max(ins.position), count(*) FROM ins, wake",
     )
     .bind(rows.iter().map(|r| sids[r.job].as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
@@ -766,10 +773,33 @@ async fn write(
     .bind(agents.iter().map(|a| a.status.as_deref()).collect::<Vec<_>>())
     .bind(agents.iter().map(|a| a.updated_at).collect::<Vec<_>>())
     .bind(EVENTS_CHANNEL)
-    .fetch_all(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    let by_id: HashMap<Uuid, i64> = inserted.into_iter().collect();
-    Ok(ids.iter().map(|id| by_id[id]).collect())
+    // Only appends draw positions, each under the append lock, so a batch's positions are one
+    // unbroken range in array order: three numbers come back instead of a row per event
+    // (500-event appends, ten alternating pairs: 162 → 175 requests/s; single appends the same).
+    // Should the range ever be broken (a hand-made INSERT drawing from the identity meanwhile, or
+    // an identity altered to step by more than 1), each row's own position is read back instead.
+    let n = rows.len() as i64;
+    match (first, last) {
+        (Some(first), Some(last)) if count == n && last - first + 1 == n => Ok((first..=last).collect()),
+        _ => {
+            let found: Vec<(Uuid, i64)> =
+                sqlx::query_as("SELECT event_id, position FROM events WHERE event_id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            let by_id: HashMap<Uuid, i64> = found.into_iter().collect();
+            ids.iter()
+                .map(|id| {
+                    by_id
+                        .get(id)
+                        .copied()
+                        .ok_or_else(|| sqlx::Error::Protocol(format!("event {id} was not inserted")))
+                })
+                .collect()
+        }
+    }
 }
 
 /// `agent_status`: last heartbeat, current issue and status per agent, folded from the batch's
