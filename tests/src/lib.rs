@@ -298,6 +298,17 @@ impl Drop for Proc {
     }
 }
 
+/// GETs `url`; returns the status and the body as JSON (`Null` when it is not JSON).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> (reqwest::StatusCode, serde_json::Value) {
+    let r = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// Waits until `url` answers 200.
 pub async fn wait_http_ok(url: &str, timeout: Duration) {
     let client = reqwest::Client::new();

@@ -5,7 +5,9 @@
 //! Checks for a worker apply only when the Procfile runs it.
 #![allow(clippy::unwrap_used)]
 
-use rig_tests::{enc, processes_with_env, procfile_workers, wait_for, wait_http_ok, RigctlUp, SystemPorts, TestDb};
+use rig_tests::{
+    enc, get_json, processes_with_env, procfile_workers, wait_for, wait_http_ok, RigctlUp, SystemPorts, TestDb,
+};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -109,14 +111,12 @@ async fn demo_works_issues_to_done_catches_the_silent_agent_and_ctrl_c_stops_eve
                     .unwrap();
             assert_eq!(next.0, "ISSUE_UNASSIGNED");
             assert_eq!(next.1["reason"], "stale_heartbeat");
-            let then: Value = http
-                .get(format!("{api}/v1/streams/{}?to_version={}", enc(stream), version + 1))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let then: Value = get_json(
+                &http,
+                &format!("{api}/v1/streams/{}?to_version={}", enc(stream), version + 1),
+            )
+            .await
+            .1;
             assert_eq!(
                 then["state"]["status"],
                 "approved",

@@ -5,7 +5,7 @@
 
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
-use rig_tests::{enc, TestDb, TestIngest};
+use rig_tests::{enc, get_json, TestDb, TestIngest};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
@@ -80,11 +80,13 @@ async fn expect(ingest: &TestIngest, event: &str, delivery: &str, payload: &Valu
 }
 
 async fn read_stream(ingest: &TestIngest, sid: &str) -> Value {
-    let r = reqwest::get(ingest.url(&format!("/v1/streams/{}", enc(sid))))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "stream {sid}");
-    r.json().await.unwrap()
+    let (status, body) = get_json(
+        &reqwest::Client::new(),
+        &ingest.url(&format!("/v1/streams/{}", enc(sid))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "stream {sid}: {body}");
+    body
 }
 
 fn types(stream: &Value) -> Vec<&str> {

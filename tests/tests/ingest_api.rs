@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use reqwest::StatusCode;
-use rig_tests::{enc, TestDb, TestIngest};
+use rig_tests::{enc, get_json, TestDb, TestIngest};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -435,28 +435,16 @@ async fn time_travel_and_the_whole_lifecycle() {
     assert!(issue["done_at"].is_string() && issue["first_event_at"].is_string());
 
     // The whole stream, then at version 5.
-    let full: Value = c
-        .get(ingest.url(&format!("/v1/streams/{}", enc(sid))))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let full: Value = get_json(&c, &ingest.url(&format!("/v1/streams/{}", enc(sid)))).await.1;
     assert_eq!(full["version"], 12);
     assert_eq!(full["events"].as_array().unwrap().len(), 12);
     assert_eq!(
         full["state"], issue,
         "the fold served by time travel equals the inline issue_state"
     );
-    let at5: Value = c
-        .get(ingest.url(&format!("/v1/streams/{}?to_version=5", enc(sid))))
-        .send()
+    let at5: Value = get_json(&c, &ingest.url(&format!("/v1/streams/{}?to_version=5", enc(sid))))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .1;
     assert_eq!(at5["version"], 5);
     let evs = at5["events"].as_array().unwrap();
     assert_eq!(evs.len(), 5);
@@ -502,23 +490,9 @@ async fn time_travel_and_the_whole_lifecycle() {
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
     // The issue board with filters.
-    let list: Value = c
-        .get(ingest.url("/v1/issues?status=done"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&c, &ingest.url("/v1/issues?status=done")).await.1;
     assert_eq!(list["issues"].as_array().unwrap().len(), 1);
-    let list: Value = c
-        .get(ingest.url("/v1/issues?status=assigned"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&c, &ingest.url("/v1/issues?status=assigned")).await.1;
     assert_eq!(list["issues"].as_array().unwrap().len(), 0);
     assert_eq!(
         c.get(ingest.url("/v1/issues?status=bogus"))
@@ -549,14 +523,7 @@ async fn compat_endpoint_takes_the_deployed_agents_body() {
     assert_eq!((stream.as_str(), ty.as_str()), ("acme/widgets#42", "HEARTBEAT"));
     assert_eq!(data, json!({"agent_id": "dev-e-node"}));
     // The agent's heartbeat shows in /v1/agents.
-    let agents: Value = c
-        .get(ingest.url("/v1/agents"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let agents: Value = get_json(&c, &ingest.url("/v1/agents")).await.1;
     assert_eq!(agents["agents"][0]["agent_id"], "dev-e-node");
     assert_eq!(agents["agents"][0]["current_stream_id"], "acme/widgets#42");
     assert!(agents["agents"][0]["last_heartbeat_at"].is_string());
@@ -727,10 +694,7 @@ async fn long_streams_are_read_a_page_at_a_time() {
     let get = |path: String| {
         let c = c.clone();
         let url = ingest.url(&path);
-        async move {
-            let r = c.get(url).send().await.unwrap();
-            (r.status(), r.json::<Value>().await.unwrap())
-        }
+        async move { get_json(&c, &url).await }
     };
     // An agent stream of 25 heartbeats and an issue stream of 7 events.
     let agent = "agent:dev-pager";
@@ -843,9 +807,7 @@ async fn bad_query_strings_get_a_json_422_naming_the_parameter() {
         ("/v1/costs/daily?day=3", "day"),
         ("/v1/streams/acme%2Fq%231?tover=1", "tover"),
     ] {
-        let r = c.get(ingest.url(path)).send().await.unwrap();
-        let status = r.status();
-        let b: Value = r.json().await.unwrap_or(Value::Null);
+        let (status, b) = get_json(&c, &ingest.url(path)).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {b}");
         assert_eq!(b["error"], "invalid_request", "{path}: {b}");
         assert!(b["detail"].as_str().unwrap().contains(name), "{path}: {b}");
@@ -857,8 +819,8 @@ async fn bad_query_strings_get_a_json_422_naming_the_parameter() {
         "/v1/costs/daily?days=3",
         "/v1/streams/acme%2Fq%231?to_version=1",
     ] {
-        let r = c.get(ingest.url(path)).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let (status, b) = get_json(&c, &ingest.url(path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {b}");
     }
 }
 

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use reqwest::StatusCode;
-use rig_tests::{bin, enc, TestDb, TestIngest};
+use rig_tests::{bin, enc, get_json, TestDb, TestIngest};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
@@ -58,17 +58,8 @@ async fn rigctl_inspects_streams_issues_and_consumers_and_refuses_bad_input() {
         json!({"stream_id": sid, "events": [{"type": "ISSUE_APPROVED", "data": {"title": "A CLI"}}]}),
     )
     .await;
-    // The second request is recorded strictly later than the first.
-    let first: Value = c
-        .get(ingest.url(&format!("/v1/streams/{}", enc(sid))))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: Value = get_json(&c, &ingest.url(&format!("/v1/streams/{}", enc(sid)))).await.1;
     let approved_at = first["events"][0]["recorded_at"].as_str().unwrap().to_owned();
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     append(
         &c,
         &ingest,
@@ -103,6 +94,14 @@ async fn rigctl_inspects_streams_issues_and_consumers_and_refuses_bad_input() {
     assert_eq!(v["version"], 1, "{v}");
     assert_eq!(v["events"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["state"]["status"], "approved", "{v}");
+    // `--at` the first request's time: the second was recorded strictly later (checked, not hoped).
+    let second_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT recorded_at FROM events WHERE stream_id = $1 AND version = 2")
+            .bind(sid)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(second_at > approved_at.parse::<chrono::DateTime<chrono::Utc>>().unwrap());
     let r = rigctl(&db, &["stream", sid, "--at", &approved_at, "--json"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v = json_of(&r);
