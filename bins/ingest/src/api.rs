@@ -233,7 +233,13 @@ fn int_param(name: &str, raw: Option<&str>, min: i64, max: i64) -> Result<Option
         v.parse::<i64>()
             .ok()
             .filter(|n| (min..=max).contains(n))
-            .ok_or_else(|| ApiError::InvalidRequest(format!("{name} must be an integer from {min} to {max}")))
+            .ok_or_else(|| {
+                ApiError::InvalidRequest(if max == i64::MAX {
+                    format!("{name} must be an integer >= {min}")
+                } else {
+                    format!("{name} must be an integer from {min} to {max}")
+                })
+            })
     })
     .transpose()
 }
@@ -248,15 +254,7 @@ pub async fn read_stream(
 ) -> Result<Response, ApiError> {
     let stream = parse_stream_id(&raw)?;
     let sid = stream.to_string();
-    let to_version = match q.to_version.as_deref() {
-        None => None,
-        Some(v) => Some(
-            v.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| ApiError::InvalidRequest("to_version must be an integer >= 0".into()))?,
-        ),
-    };
+    let to_version = int_param("to_version", q.to_version.as_deref(), 0, i64::MAX)?;
     let from_version = int_param("from_version", q.from_version.as_deref(), 1, i64::MAX)?.unwrap_or(1);
     let limit = int_param("limit", q.limit.as_deref(), 1, MAX_STREAM_PAGE)?;
     let at = match q.at.as_deref() {
@@ -305,6 +303,9 @@ pub async fn read_stream(
         let version = events.last().map_or(0, |e| i64::from(e.version));
         events.retain(|e| i64::from(e.version) >= from_version);
         (version, folded)
+    } else if limit.is_none() && from_version == 1 {
+        // Read whole up to the cut: the last event is the version.
+        (events.last().map_or(0, |e| i64::from(e.version)), None)
     } else {
         let version: Option<i32> = sqlx::query_scalar(
             "SELECT max(version) FROM events WHERE stream_id = $1 \
@@ -479,14 +480,7 @@ pub async fn daily_costs(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<CostQuery>,
 ) -> Result<Response, ApiError> {
-    let days = match q.days.as_deref() {
-        None => 7,
-        Some(d) => d
-            .parse::<i32>()
-            .ok()
-            .filter(|n| (1..=3660).contains(n))
-            .ok_or_else(|| ApiError::InvalidRequest("days must be an integer from 1 to 3660".into()))?,
-    };
+    let days = int_param("days", q.days.as_deref(), 1, 3660)?.map_or(7, |d| d as i32);
     let rows: Vec<DailyCostRow> = sqlx::query_as(
         "SELECT * FROM daily_cost WHERE day > (now() AT TIME ZONE 'UTC')::date - $1 ORDER BY day, repo, agent_id, model",
     )
