@@ -472,7 +472,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         "[2/10] single-event appends over HTTP, 64 clients on distinct streams, {} s …",
         sizes.seconds
     ));
-    let single = http_appends(ingest_addr, 64, 1, "single", sizes, probe).await?;
+    let single = http_appends(ingest_addr, 64, 1, "single", Body::Valid, sizes, probe).await?;
     progress(&format!("      {:.0} events/s", single.rate));
     figures.push(
         Figure::of("append_single_http_64", single.rate, "events/s", &raw_single)
@@ -486,7 +486,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         "[3/10] HTTP without the database: the same 64 clients, the body refused by validation (422), {} s …",
         sizes.seconds
     ));
-    let refused = http_appends(ingest_addr, 64, 1, "refused", sizes, probe).await?;
+    let refused = http_appends(ingest_addr, 64, 1, "refused", Body::Refused, sizes, probe).await?;
     progress(&format!("      {:.0} requests/s", refused.rate));
     let http_ceiling = Baseline {
         name: "http_refused_64",
@@ -521,7 +521,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         "[5/10] 500-event appends over HTTP, 4 clients, {} s …",
         sizes.seconds
     ));
-    let batch = http_appends(ingest_addr, 4, 500, "batch", sizes, probe).await?;
+    let batch = http_appends(ingest_addr, 4, 500, "batch", Body::Valid, sizes, probe).await?;
     progress(&format!("      {:.0} events/s", batch.rate));
     figures.push(
         Figure::of("append_batch500_http_4", batch.rate, "events/s", &raw_batch)
@@ -1021,18 +1021,26 @@ fn append_body_with(stream: &str, events: usize, data: &str) -> String {
     format!(r#"{{"stream_id":"{stream}","events":[{list}]}}"#)
 }
 
-/// `USAGE_DATA` with its one field that validation checks last made invalid, for `http_refused_64`.
-fn refused_usage_data() -> String {
-    USAGE_DATA.replace(r#""cache_read_tokens":5000"#, r#""cache_read_tokens":-1"#)
+/// What a load phase's clients send.
+#[derive(Clone, Copy)]
+enum Body {
+    /// `USAGE_DATA`: appended, 201.
+    Valid,
+    /// `USAGE_DATA` with the field validation checks last made invalid: refused, 422
+    /// (`http_refused_64`, the HTTP path without the database).
+    Refused,
 }
 
-/// `clients` clients, each appending `per_request` events per request to its own stream (label
-/// `refused`: the same body with an invalid field, each 422 answer counted).
+const REFUSED_USAGE_DATA: &str = r#"{"agent_id":"bench-agent","model":"claude-sonnet-4-5","input_tokens":1200,"output_tokens":350,"cache_read_tokens":-1}"#;
+
+/// `clients` clients, each appending `per_request` events per request to its own stream; each
+/// answer with the status `kind` expects is counted.
 async fn http_appends(
     ingest_addr: SocketAddr,
     clients: usize,
     per_request: usize,
     label: &str,
+    kind: Body,
     sizes: &Sizes,
     ingest: IngestProbe<'_>,
 ) -> anyhow::Result<HttpResult> {
@@ -1041,12 +1049,11 @@ async fn http_appends(
     for k in 0..clients {
         // No event ids: every request is new, so ingest assigns them.
         let stream = format!("bench/{label}#{}", k + 1);
-        let (body, expect) = if label == "refused" {
-            (append_body_with(&stream, per_request, &refused_usage_data()), 422)
-        } else {
-            (append_body(&stream, per_request), 201)
+        let (data, expect) = match kind {
+            Body::Valid => (USAGE_DATA, 201),
+            Body::Refused => (REFUSED_USAGE_DATA, 422),
         };
-        let body = body.into_bytes();
+        let body = append_body_with(&stream, per_request, data).into_bytes();
         let c = c.clone();
         tasks.spawn(async move {
             let mut samples = Vec::new();
@@ -1078,7 +1085,7 @@ async fn http_appends(
     let lat = percentiles(samples);
     if w.ok == 0 {
         bail!(
-            "no append succeeded: {}",
+            "no request was answered as expected: {}",
             c.first_error().unwrap_or_else(|| "no answer".into())
         );
     }
