@@ -62,32 +62,26 @@ impl IssueState {
     /// Applies one event. Events must come in version order.
     pub fn apply(&mut self, e: &FoldInput<'_>) {
         let str_field = |f: &str| e.data.get(f).and_then(Value::as_str).map(str::to_owned);
-        let set = |s: &mut Option<String>, v: &str| *s = Some(v.to_owned());
+        if let Some(status) = status_set_by(e.event_type) {
+            self.status = Some(status.to_owned());
+        }
         match e.event_type {
             ISSUE_APPROVED => {
-                set(&mut self.status, "approved");
                 if let Some(t) = str_field("title") {
                     self.title = Some(t);
                 }
             }
             ISSUE_ASSIGNED => {
-                set(&mut self.status, "assigned");
                 self.agent_id = str_field("agent_id");
                 self.assigned_at = Some(e.recorded_at);
             }
-            ISSUE_UNASSIGNED => {
-                set(&mut self.status, "approved");
-                self.agent_id = None;
-            }
-            WORK_STARTED => set(&mut self.status, "in_progress"),
+            ISSUE_UNASSIGNED => self.agent_id = None,
             BRANCH_CREATED => {
-                set(&mut self.status, "in_progress");
                 if let Some(b) = str_field("branch") {
                     self.branch = Some(b);
                 }
             }
             PR_CREATED => {
-                set(&mut self.status, "in_progress");
                 if let Some(n) = e.data.get("pr_number").and_then(Value::as_i64) {
                     self.pr_number = Some(n);
                 }
@@ -95,14 +89,9 @@ impl IssueState {
                     self.branch = Some(b);
                 }
             }
-            REVIEW_ASSIGNED | REVIEW_PASSED | REVIEW_DISPUTED => set(&mut self.status, "in_review"),
-            MERGED => set(&mut self.status, "merged"),
-            ISSUE_DONE => {
-                set(&mut self.status, "done");
-                self.done_at = Some(e.recorded_at);
-            }
-            CI_PASSED => set(&mut self.last_ci, "passed"),
-            CI_FAILED => set(&mut self.last_ci, "failed"),
+            ISSUE_DONE => self.done_at = Some(e.recorded_at),
+            CI_PASSED => self.last_ci = Some("passed".to_owned()),
+            CI_FAILED => self.last_ci = Some("failed".to_owned()),
             AGENT_STUCK => self.stuck_count += 1,
             HEARTBEAT => self.last_heartbeat_at = Some(e.recorded_at),
             _ => {}
@@ -110,6 +99,21 @@ impl IssueState {
         self.version = e.version;
         self.updated_at = e.recorded_at;
     }
+}
+
+/// The status an event of `event_type` gives its issue (SPEC §3), or `None` for the types that
+/// leave the status as it is. The one table of status transitions: [`IssueState::apply`] uses
+/// it, and so does every read model that follows an issue's status (stale-heartbeat).
+pub fn status_set_by(event_type: &str) -> Option<&'static str> {
+    Some(match event_type {
+        ISSUE_APPROVED | ISSUE_UNASSIGNED => "approved",
+        ISSUE_ASSIGNED => "assigned",
+        WORK_STARTED | BRANCH_CREATED | PR_CREATED => "in_progress",
+        REVIEW_ASSIGNED | REVIEW_PASSED | REVIEW_DISPUTED => "in_review",
+        MERGED => "merged",
+        ISSUE_DONE => "done",
+        _ => return None,
+    })
 }
 
 /// Folds stored events of an issue stream (in version order), as time travel and `rigctl
@@ -188,5 +192,41 @@ mod tests {
         assert_eq!(s.first_event_at, t0);
         assert_eq!(s.done_at, Some(t0 + chrono::Duration::seconds(14)));
         assert_eq!(s.last_heartbeat_at, Some(t0 + chrono::Duration::seconds(2)));
+    }
+
+    #[test]
+    fn work_after_a_disputed_review_is_in_progress_again() {
+        let t0 = Utc::now();
+        let mut s = IssueState::new("acme/w#8", "acme/w", 8, t0);
+        let none = json!({});
+        for (i, (ty, status)) in [
+            (ISSUE_ASSIGNED, "assigned"),
+            (PR_CREATED, "in_progress"),
+            (REVIEW_DISPUTED, "in_review"),
+            (WORK_STARTED, "in_progress"),
+            (ISSUE_APPROVED, "approved"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            s.apply(&FoldInput {
+                version: i as i32 + 1,
+                event_type: ty,
+                data: &none,
+                recorded_at: t0,
+            });
+            assert_eq!(s.status.as_deref(), Some(status), "after {ty}");
+            assert_eq!(status_set_by(ty), Some(status));
+        }
+        for ty in [
+            CI_PASSED,
+            CI_FAILED,
+            AGENT_STUCK,
+            HEARTBEAT,
+            TOKEN_USAGE,
+            "SOMETHING_ELSE",
+        ] {
+            assert_eq!(status_set_by(ty), None, "{ty}");
+        }
     }
 }

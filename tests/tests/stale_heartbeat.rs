@@ -252,6 +252,115 @@ async fn quiet_assigned_issue_gets_exactly_one_stuck_and_unassign() {
     assert!(!log.contains(INGEST_TOKEN), "the ingest token is a secret");
 }
 
+/// The stored row of `stream` as (agent, status, version, whether `last_seen_at` is the latest
+/// `recorded_at` of the stream), or `None` if the stream is not held.
+async fn held_row(db: &TestDb, stream: &str) -> Option<(String, String, i32, bool)> {
+    sqlx::query_as(
+        "SELECT agent_id, status, version, \
+                last_seen_at = (SELECT max(recorded_at) FROM events WHERE stream_id = $1) \
+         FROM stale_heartbeat_issues WHERE stream_id = $1",
+    )
+    .bind(stream)
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn silence_after_reworking_a_disputed_review_is_caught_but_review_and_done_are_not() {
+    let db = TestDb::new().await;
+    let ingest = TestIngest::start(&db).await;
+    let w = spawn_worker(&db, &ingest.base);
+    wait_active(&w).await;
+    let (rework, review, done) = ("acme/widgets#11", "acme/widgets#12", "acme/widgets#13");
+    // Each history up to the review is one append, so no issue is ever quiet while watched
+    // before the test means it to be. The two that wait on someone else go quiet first: they
+    // are quiet for longer than the reworked one whenever the checker looks.
+    let worked = |agent: &str, then: Value| {
+        let mut events = json!([{"type": "ISSUE_APPROVED"},
+            {"type": "ISSUE_ASSIGNED", "data": {"agent_id": agent}},
+            {"type": "WORK_STARTED", "data": {"agent_id": agent}},
+            {"type": "PR_CREATED", "data": {"pr_number": 5, "agent_id": agent}}]);
+        events
+            .as_array_mut()
+            .unwrap()
+            .extend(then.as_array().unwrap().iter().cloned());
+        events
+    };
+    append(
+        &ingest,
+        review,
+        worked(
+            "dev-review",
+            json!([{"type": "REVIEW_ASSIGNED", "data": {"reviewer": "rev"}}]),
+        ),
+    )
+    .await;
+    append(
+        &ingest,
+        done,
+        worked(
+            "dev-done",
+            json!([{"type": "REVIEW_PASSED", "data": {"reviewer": "rev"}}, {"type": "MERGED", "data": {}},
+                   {"type": "ISSUE_DONE", "data": {}}]),
+        ),
+    )
+    .await;
+    append(
+        &ingest,
+        rework,
+        worked(
+            "dev-rework",
+            json!([{"type": "REVIEW_DISPUTED", "data": {"reviewer": "rev"}}]),
+        ),
+    )
+    .await;
+    // In review nothing is watched; the rework puts the issue back to in_progress.
+    append(
+        &ingest,
+        rework,
+        json!([{"type": "WORK_STARTED", "data": {"agent_id": "dev-rework"}}]),
+    )
+    .await;
+    // Then silence everywhere.
+    wait_for("AGENT_STUCK on the reworked issue", Duration::from_secs(15), || async {
+        (count_type(&db, rework, "AGENT_STUCK").await > 0).then_some(())
+    })
+    .await;
+    settle(&db, &w, 3.0).await;
+    assert_one_pair(&db, rework, "dev-rework").await;
+    // Quiet since the WORK_STARTED that put it back to in_progress.
+    let since_rework: bool = sqlx::query_scalar(
+        "SELECT (s.data->>'last_heartbeat_at')::timestamptz = w.recorded_at \
+         FROM events s, events w WHERE s.stream_id = $1 AND s.event_type = 'AGENT_STUCK' \
+         AND w.stream_id = $1 AND w.event_type = 'WORK_STARTED' AND w.version = 6",
+    )
+    .bind(rework)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(since_rework, "last sign of life is the WORK_STARTED after the dispute");
+    for (s, agent, status) in [(review, "dev-review", "in_review"), (done, "dev-done", "done")] {
+        assert_eq!(count_type(&db, s, "AGENT_STUCK").await, 0, "{s} waits on someone else");
+        assert_eq!(count_type(&db, s, "ISSUE_UNASSIGNED").await, 0, "{s}");
+        assert_eq!(issue(&db, s).await, (status.to_owned(), 0, Some(agent.to_owned())));
+        // Still held, in its status, up to date with its stream.
+        let last = db
+            .count(&format!(
+                "SELECT max(version)::int8 FROM events WHERE stream_id = '{s}'"
+            ))
+            .await;
+        assert_eq!(
+            held_row(&db, s).await,
+            Some((agent.to_owned(), status.to_owned(), last as i32, true)),
+            "{s}"
+        );
+    }
+    assert_eq!(held_row(&db, rework).await, None, "unassigned: no longer held");
+    // The gauge counts only the issues a silent holder can be caught on.
+    assert_eq!(metric(&w.metrics, "rig_stale_heartbeat_tracked").await, Some(0.0));
+}
+
 #[tokio::test]
 async fn sigkill_in_the_middle_of_a_check_never_emits_twice() {
     let db = TestDb::new().await;

@@ -1,8 +1,10 @@
 //! The periodic stale check, run only by the active instance.
 //!
-//! Every `check_interval` it takes the tracked issues quiet for longer than `threshold`
-//! (database time against the server's `recorded_at`) and asks ingest, in ONE append request,
-//! for `AGENT_STUCK` then `ISSUE_UNASSIGNED {reason: "stale_heartbeat"}`.
+//! Every `check_interval` it takes the held issues in a watched status (`assigned` or
+//! `in_progress`, see [`crate::projection`]) quiet for longer than `threshold` (database time
+//! against the server's `recorded_at`) and asks ingest, in ONE append request, for
+//! `AGENT_STUCK` then `ISSUE_UNASSIGNED {reason: "stale_heartbeat"}`. Held issues in review,
+//! merged or done are waiting on someone else, so their holder's silence is not a fault.
 //!
 //! What it promises:
 //! - **An agent that shows life wins.** The request carries `expected_version` = the stream
@@ -42,6 +44,24 @@ const MAX_LAG_FOR_CHECK: i64 = 10_000;
 
 /// Most issues declared stuck per round; the rest wait for the next one.
 const MAX_PER_ROUND: i64 = 1_000;
+
+/// How many held issues are in a watched status: the ones a silent holder can be caught on.
+/// The status list is the one of [`crate::projection::WATCHED`] and of the partial index of
+/// migration 0023 (spelled the same way, so the planner can use it).
+const TRACKED: &str = "SELECT count(*) FROM stale_heartbeat_issues WHERE status IN ('assigned', 'in_progress')";
+
+/// The watched held issues quiet for longer than `$1` seconds, oldest first, leaving out those
+/// with events the projection has not applied yet.
+const STALE: &str = "\
+SELECT s.stream_id, s.agent_id, s.version, s.last_seen_at, \
+       extract(epoch FROM now() - s.last_seen_at)::float8 AS elapsed_seconds \
+FROM stale_heartbeat_issues s \
+WHERE s.status IN ('assigned', 'in_progress') \
+  AND s.last_seen_at < now() - make_interval(secs => $1) \
+  AND NOT EXISTS (SELECT 1 FROM events e WHERE \
+      e.position > coalesce((SELECT position FROM checkpoints WHERE consumer = $2), 0) \
+      AND (e.stream_id = s.stream_id OR (e.stream_id = 'agent:' || s.agent_id AND e.event_type = 'HEARTBEAT'))) \
+ORDER BY s.last_seen_at LIMIT $3";
 
 /// A tracked issue found quiet for too long.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -177,9 +197,7 @@ impl Checker {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<usize> {
         metrics::counter!("rig_stale_heartbeat_checks_total").increment(1);
-        let tracked: i64 = sqlx::query_scalar("SELECT count(*) FROM stale_heartbeat_issues")
-            .fetch_one(&self.pool)
-            .await?;
+        let tracked: i64 = sqlx::query_scalar(TRACKED).fetch_one(&self.pool).await?;
         metrics::gauge!("rig_stale_heartbeat_tracked").set(tracked as f64);
         let lag: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM (SELECT 1 FROM events WHERE position > \
@@ -196,21 +214,12 @@ impl Checker {
             );
             return Ok(0);
         }
-        let stale: Vec<Stale> = sqlx::query_as(
-            "SELECT s.stream_id, s.agent_id, s.version, s.last_seen_at, \
-                    extract(epoch FROM now() - s.last_seen_at)::float8 AS elapsed_seconds \
-             FROM stale_heartbeat_issues s \
-             WHERE s.last_seen_at < now() - make_interval(secs => $1) \
-               AND NOT EXISTS (SELECT 1 FROM events e WHERE \
-                   e.position > coalesce((SELECT position FROM checkpoints WHERE consumer = $2), 0) \
-                   AND (e.stream_id = s.stream_id OR (e.stream_id = 'agent:' || s.agent_id AND e.event_type = 'HEARTBEAT'))) \
-             ORDER BY s.last_seen_at LIMIT $3",
-        )
-        .bind(self.threshold.as_secs_f64())
-        .bind(STALE_HEARTBEAT.name)
-        .bind(MAX_PER_ROUND)
-        .fetch_all(&self.pool)
-        .await?;
+        let stale: Vec<Stale> = sqlx::query_as(STALE)
+            .bind(self.threshold.as_secs_f64())
+            .bind(STALE_HEARTBEAT.name)
+            .bind(MAX_PER_ROUND)
+            .fetch_all(&self.pool)
+            .await?;
         let mut appended = 0;
         for s in &stale {
             if shutdown.is_cancelled() || !*active.borrow() {
@@ -333,6 +342,14 @@ async fn lost(mut active: watch::Receiver<bool>) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn queries_watch_exactly_the_projection_s_watched_statuses() {
+        let list = crate::projection::WATCHED.map(|w| format!("'{w}'")).join(", ");
+        for q in [TRACKED, STALE] {
+            assert!(q.contains(&format!("status IN ({list})")), "{q}");
+        }
+    }
 
     #[test]
     fn ids_depend_only_on_stream_and_version() {

@@ -1,5 +1,18 @@
-//! The `stale_heartbeat_issues` projection: the issues an agent holds in status `assigned` or
-//! `in_progress`, each with the stream version last seen and its last sign of life.
+//! The `stale_heartbeat_issues` projection: every issue an agent holds, with the issue's status,
+//! the stream version last seen and its last sign of life. The checker only looks at the rows in
+//! a watched status ([`WATCHED`]: `assigned` or `in_progress`).
+//!
+//! The rule: a row exists from an `ISSUE_ASSIGNED` until the next `ISSUE_UNASSIGNED` (a new
+//! `ISSUE_ASSIGNED` replaces it), which is exactly when SPEC §3 says an agent holds the issue,
+//! and its `status` is the one the shared issue fold computes ([`shared::fold::status_set_by`],
+//! the same transitions as `IssueState::apply`). Rows are not dropped when the issue goes to
+//! review, is merged or done: a `REVIEW_DISPUTED` followed by `WORK_STARTED`, `BRANCH_CREATED` or
+//! `PR_CREATED` puts the issue back to `in_progress` with the same holder, and an agent that goes
+//! silent then must still be caught (the simulator's rework path does exactly this). A row in
+//! any other status (`approved`, `in_review`, `merged`, `done`) is kept up to date but never
+//! declared stuck. So the table grows with the issues ever assigned and not unassigned (at most
+//! one row per issue, like `issue_state`); the checker's query and its gauge stay on the watched
+//! rows through a partial index (migration 0023).
 //!
 //! What it promises: after each batch the table equals a fold of the log up to the checkpoint.
 //! A batch costs three statements whatever its size: the rows it can touch are loaded at once,
@@ -16,6 +29,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shared::consumer::{ApplyError, ConsumerInfo, Projection, STALE_HEARTBEAT};
 use shared::events::{self, StoredEvent};
+use shared::fold::status_set_by;
 use shared::StreamId;
 use sqlx::PgConnection;
 use std::collections::{BTreeSet, HashMap};
@@ -26,6 +40,7 @@ pub struct Tracked {
     pub stream_id: String,
     pub agent_id: String,
     pub issue_number: i64,
+    /// The issue's status as the shared fold computes it (SPEC §3).
     pub status: String,
     pub version: i32,
     pub assigned_at: DateTime<Utc>,
@@ -35,31 +50,63 @@ pub struct Tracked {
 pub const ASSIGNED: &str = "assigned";
 pub const IN_PROGRESS: &str = "in_progress";
 
-/// What a batch changes: rows to write and streams no longer tracked.
+/// The statuses in which a silent holder is declared stuck. The checker's queries and the
+/// partial index of migration 0023 spell the same list in SQL.
+pub const WATCHED: [&str; 2] = [ASSIGNED, IN_PROGRESS];
+
+/// What a batch changes: rows to write and streams no longer held.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub upsert: Vec<Tracked>,
     pub delete: Vec<String>,
 }
 
-/// The rows a batch may touch: its issue streams, and every issue held by an agent that sent a
-/// heartbeat naming an issue on its own stream.
-pub fn keys(events: &[StoredEvent]) -> (Vec<String>, Vec<String>) {
+/// The rows a batch may touch, as the load query selects them: the issue streams of the batch
+/// and the streams named by agent heartbeats (`streams`), and the rows whose `agent_id` is in
+/// `agents` and `issue_number` in `numbers` (heartbeats naming a bare number). The second part
+/// may load a few rows no heartbeat names (another agent's number); [`fold`] leaves them as they
+/// are. An agent's other held issues, however many, are not loaded.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Keys {
+    pub streams: Vec<String>,
+    pub agents: Vec<String>,
+    pub numbers: Vec<i64>,
+}
+
+impl Keys {
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty() && self.agents.is_empty()
+    }
+}
+
+/// The [`Keys`] of a batch.
+pub fn keys(events: &[StoredEvent]) -> Keys {
     let mut streams = BTreeSet::new();
     let mut agents = BTreeSet::new();
+    let mut numbers = BTreeSet::new();
     for e in events {
         match e.stream_id.strip_prefix("agent:") {
-            Some(agent) => {
-                if e.event_type == events::HEARTBEAT && current_issue(e).is_some() {
-                    agents.insert(agent.to_owned());
+            Some(agent) if e.event_type == events::HEARTBEAT => match current_issue(e) {
+                Some(Named::Stream(s)) => {
+                    streams.insert(s);
                 }
-            }
+                Some(Named::Number(n)) => {
+                    agents.insert(agent.to_owned());
+                    numbers.insert(n);
+                }
+                None => {}
+            },
+            Some(_) => {}
             None => {
                 streams.insert(e.stream_id.clone());
             }
         }
     }
-    (streams.into_iter().collect(), agents.into_iter().collect())
+    Keys {
+        streams: streams.into_iter().collect(),
+        agents: agents.into_iter().collect(),
+        numbers: numbers.into_iter().collect(),
+    }
 }
 
 /// How a heartbeat names the issue its agent works on.
@@ -124,12 +171,7 @@ pub fn fold(mut rows: HashMap<String, Tracked>, events: &[StoredEvent]) -> Chang
                 deleted.remove(&e.stream_id);
                 dirty.insert(e.stream_id.clone());
             }
-            events::ISSUE_UNASSIGNED
-            | events::REVIEW_ASSIGNED
-            | events::REVIEW_PASSED
-            | events::REVIEW_DISPUTED
-            | events::MERGED
-            | events::ISSUE_DONE => {
+            events::ISSUE_UNASSIGNED => {
                 if rows.remove(&e.stream_id).is_some() {
                     dirty.remove(&e.stream_id);
                     deleted.insert(e.stream_id.clone());
@@ -137,11 +179,8 @@ pub fn fold(mut rows: HashMap<String, Tracked>, events: &[StoredEvent]) -> Chang
             }
             other => {
                 let Some(t) = rows.get_mut(&e.stream_id) else { continue };
-                if matches!(
-                    other,
-                    events::WORK_STARTED | events::BRANCH_CREATED | events::PR_CREATED
-                ) {
-                    t.status = IN_PROGRESS.to_owned();
+                if let Some(status) = status_set_by(other) {
+                    t.status = status.to_owned();
                 }
                 t.version = t.version.max(e.version);
                 t.last_seen_at = t.last_seen_at.max(e.recorded_at);
@@ -170,16 +209,18 @@ impl Projection for StaleHeartbeatProjection {
     }
 
     async fn apply(&mut self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ApplyError> {
-        let (streams, agents) = keys(events);
-        if streams.is_empty() && agents.is_empty() {
+        let keys = keys(events);
+        if keys.is_empty() {
             return Ok(());
         }
         let stored: Vec<Tracked> = sqlx::query_as(
             "SELECT stream_id, agent_id, issue_number, status, version, assigned_at, last_seen_at \
-             FROM stale_heartbeat_issues WHERE stream_id = ANY($1) OR agent_id = ANY($2)",
+             FROM stale_heartbeat_issues \
+             WHERE stream_id = ANY($1) OR (agent_id = ANY($2) AND issue_number = ANY($3))",
         )
-        .bind(&streams)
-        .bind(&agents)
+        .bind(&keys.streams)
+        .bind(&keys.agents)
+        .bind(&keys.numbers)
         .fetch_all(&mut *tx)
         .await?;
         let rows = stored.into_iter().map(|t| (t.stream_id.clone(), t)).collect();
@@ -264,23 +305,102 @@ mod tests {
         );
     }
 
+    fn held(stream: &str, n: i64, agent: &str, status: &str) -> Tracked {
+        Tracked {
+            stream_id: stream.into(),
+            agent_id: agent.into(),
+            issue_number: n,
+            status: status.into(),
+            version: 3,
+            assigned_at: at(0),
+            last_seen_at: at(0),
+        }
+    }
+
     #[test]
-    fn review_merge_done_and_unassign_stop_tracking() {
-        for t in [
-            "ISSUE_UNASSIGNED",
-            "REVIEW_ASSIGNED",
-            "REVIEW_PASSED",
-            "REVIEW_DISPUTED",
-            "MERGED",
-            "ISSUE_DONE",
-        ] {
-            let s = "acme/widgets#1";
+    fn rework_after_a_disputed_review_is_watched_again_from_its_last_event() {
+        let s = "acme/widgets#42";
+        let c = run(
+            vec![],
+            &[
+                ev(1, s, 1, "ISSUE_APPROVED", json!({}), 0),
+                ev(2, s, 2, "ISSUE_ASSIGNED", json!({"agent_id": "dev-1"}), 10),
+                ev(3, s, 3, "PR_CREATED", json!({"pr_number": 7}), 20),
+                ev(4, s, 4, "REVIEW_DISPUTED", json!({"reviewer": "r"}), 30),
+                ev(5, s, 5, "WORK_STARTED", json!({"agent_id": "dev-1"}), 40),
+            ],
+        );
+        assert!(c.delete.is_empty());
+        assert_eq!(
+            c.upsert,
+            vec![Tracked {
+                stream_id: s.into(),
+                agent_id: "dev-1".into(),
+                issue_number: 42,
+                status: IN_PROGRESS.into(),
+                version: 5,
+                assigned_at: at(10),
+                last_seen_at: at(40),
+            }]
+        );
+        // The same path split over batches, the row in review stored in between.
+        let c = run(
+            vec![Tracked {
+                status: "in_review".into(),
+                version: 4,
+                last_seen_at: at(30),
+                ..held(s, 42, "dev-1", ASSIGNED)
+            }],
+            &[ev(9, s, 5, "BRANCH_CREATED", json!({"branch": "b"}), 50)],
+        );
+        assert_eq!(
+            (
+                c.upsert[0].status.as_str(),
+                c.upsert[0].version,
+                c.upsert[0].last_seen_at
+            ),
+            (IN_PROGRESS, 5, at(50))
+        );
+    }
+
+    #[test]
+    fn the_status_follows_the_issue_fold_and_only_unassignment_ends_the_row() {
+        let s = "acme/widgets#1";
+        let mut log = vec![ev(1, s, 1, "ISSUE_ASSIGNED", json!({"agent_id": "a"}), 0)];
+        for (i, (t, status)) in [
+            ("WORK_STARTED", IN_PROGRESS),
+            ("REVIEW_ASSIGNED", "in_review"),
+            ("REVIEW_PASSED", "in_review"),
+            ("CI_FAILED", "in_review"),
+            ("MERGED", "merged"),
+            ("ISSUE_DONE", "done"),
+            ("HEARTBEAT", "done"),
+            ("SOMETHING_NEW", "done"),
+            ("ISSUE_APPROVED", "approved"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let v = i as i32 + 2;
+            log.push(ev(v.into(), s, v, t, json!({"agent_id": "a"}), v.into()));
+            let c = run(vec![], &log);
+            assert!(c.delete.is_empty(), "{t}");
+            let row = &c.upsert[0];
+            // The same status as the shared fold of the stream.
+            let folded = shared::fold::fold_stored(s, &log).unwrap();
+            assert_eq!(Some(row.status.as_str()), folded.status.as_deref(), "after {t}");
+            assert_eq!(row.status, status, "after {t}");
+            assert_eq!((row.version, row.last_seen_at), (v, at(v.into())), "after {t}");
+        }
+        // Merged and done issues stay held, but out of the watched statuses.
+        for status in ["merged", "done", "in_review", "approved"] {
+            assert!(!WATCHED.contains(&status));
+        }
+        // Unassignment deletes the row, whatever the status.
+        for status in [ASSIGNED, IN_PROGRESS, "in_review", "done"] {
             let c = run(
-                vec![],
-                &[
-                    ev(1, s, 1, "ISSUE_ASSIGNED", json!({"agent_id": "a"}), 0),
-                    ev(2, s, 2, t, json!({"reason": "x"}), 1),
-                ],
+                vec![held(s, 1, "a", status)],
+                &[ev(20, s, 4, "ISSUE_UNASSIGNED", json!({"reason": "x"}), 30)],
             );
             assert_eq!(
                 c,
@@ -288,7 +408,7 @@ mod tests {
                     upsert: vec![],
                     delete: vec![s.into()]
                 },
-                "{t}"
+                "{status}"
             );
         }
         // Events on an issue nobody holds change nothing.
@@ -297,20 +417,17 @@ mod tests {
     }
 
     #[test]
+    fn the_watched_statuses_are_the_shared_folds() {
+        assert_eq!(status_set_by(events::ISSUE_ASSIGNED), Some(ASSIGNED));
+        assert_eq!(status_set_by(events::WORK_STARTED), Some(IN_PROGRESS));
+    }
+
+    #[test]
     fn heartbeats_on_the_agent_stream_refresh_only_the_named_issue_of_that_agent() {
-        let held = |stream: &str, n: i64, agent: &str| Tracked {
-            stream_id: stream.into(),
-            agent_id: agent.into(),
-            issue_number: n,
-            status: ASSIGNED.into(),
-            version: 3,
-            assigned_at: at(0),
-            last_seen_at: at(0),
-        };
         let rows = vec![
-            held("acme/widgets#1", 1, "a"),
-            held("acme/widgets#2", 2, "a"),
-            held("acme/gadgets#7", 7, "b"),
+            held("acme/widgets#1", 1, "a", ASSIGNED),
+            held("acme/widgets#2", 2, "a", IN_PROGRESS),
+            held("acme/gadgets#7", 7, "b", ASSIGNED),
         ];
         let c = run(
             rows,
@@ -360,14 +477,27 @@ mod tests {
             .map(|t| (t.stream_id.as_str(), t.last_seen_at, t.version))
             .collect();
         assert_eq!(seen, vec![("acme/widgets#1", at(50), 3), ("acme/widgets#2", at(60), 3)]);
-        let (streams, agents) = keys(&[
+        let k = keys(&[
             ev(10, "agent:a", 1, "HEARTBEAT", json!({"current_issue": 3}), 0),
             ev(11, "agent:c", 1, "HEARTBEAT", json!({}), 0),
             ev(12, "acme/widgets#3", 1, "HEARTBEAT", json!({}), 0),
+            ev(
+                13,
+                "agent:d",
+                1,
+                "HEARTBEAT",
+                json!({"current_issue": "Acme/Gadgets#5"}),
+                0,
+            ),
+            ev(14, "agent:e", 1, "TOKEN_USAGE", json!({"current_issue": 4}), 0),
         ]);
         assert_eq!(
-            (streams, agents),
-            (vec!["acme/widgets#3".to_owned()], vec!["a".to_owned()])
+            k,
+            Keys {
+                streams: vec!["acme/gadgets#5".to_owned(), "acme/widgets#3".to_owned()],
+                agents: vec!["a".to_owned()],
+                numbers: vec![3],
+            }
         );
     }
 
