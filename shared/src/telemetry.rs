@@ -1,22 +1,50 @@
 //! Logs and metrics for every binary: `tracing` with an `EnvFilter` (`RUST_LOG`, default
 //! `info`), JSON lines when `RIG_LOG_FORMAT=json`; one process-wide Prometheus recorder.
+//! Services log to stdout; `rigctl` logs to stderr, since its stdout is its output (`--json`).
 
 pub use metrics_exporter_prometheus::PrometheusHandle;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::sync::OnceLock;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::{fmt, EnvFilter};
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the log subscriber and the metrics recorder. Safe to call more than once.
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    Stdout,
+    /// For a command whose stdout is its result (tables, `--json`), which a log line must not corrupt.
+    Stderr,
+}
+
+/// Installs the log subscriber (on stdout) and the metrics recorder. Safe to call more than once.
 pub fn init(service: &'static str) -> PrometheusHandle {
+    init_with(service, LogOutput::Stdout)
+}
+
+/// [`init`], with the logs going to `output`.
+pub fn init_with(service: &'static str, output: LogOutput) -> PrometheusHandle {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,tower_http=warn"));
     let json = std::env::var("RIG_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let writer = match output {
+        LogOutput::Stdout => BoxMakeWriter::new(std::io::stdout),
+        LogOutput::Stderr => BoxMakeWriter::new(std::io::stderr),
+    };
     let _ = if json {
-        fmt().with_env_filter(filter).json().with_current_span(false).try_init()
+        fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .json()
+            .with_current_span(false)
+            .try_init()
     } else {
-        fmt().with_env_filter(filter).with_target(false).try_init()
+        fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .with_target(false)
+            .try_init()
     };
     let handle = metrics_handle();
     metrics::gauge!("rig_build_info", "service" => service, "version" => env!("CARGO_PKG_VERSION")).set(1.0);

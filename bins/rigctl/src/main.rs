@@ -4,7 +4,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    shared::telemetry::init("rigctl");
+    // Logs on stderr: stdout carries the command's output (tables, `--json`).
+    shared::telemetry::init_with("rigctl", shared::telemetry::LogOutput::Stderr);
     let cli = rigctl::Cli::parse();
     match rigctl::dispatch(cli).await {
         Ok(code) => code,
