@@ -182,9 +182,11 @@ pub enum Outcome {
     Idle {
         position: i64,
     },
-    /// Stopped at `position` by a poison event, waiting for an operator.
+    /// Stopped at `position` by a poison event, waiting for an operator; everything up to
+    /// `checkpoint` is applied.
     Paused {
         position: i64,
+        checkpoint: i64,
     },
     /// The checkpoint moved under us (reset, skip, or another instance): nothing applied.
     Fenced,
@@ -381,7 +383,10 @@ impl<P: Projection> Consumer<P> {
         metrics::gauge!("rig_consumer_position", "consumer" => name).set(cp.position as f64);
         if let Some(p) = cp.paused_position {
             tx.commit().await?;
-            return Ok(Outcome::Paused { position: p });
+            return Ok(Outcome::Paused {
+                position: p,
+                checkpoint: cp.position,
+            });
         }
 
         // What this transaction may read: normally up to `catch_up_chunks` chunks of
@@ -680,14 +685,13 @@ impl<P: Projection> Consumer<P> {
         self.failures_at = None;
         self.suspect = None;
         metrics::gauge!("rig_consumer_paused", "consumer" => name).set(1.0);
-        Ok(Outcome::Paused { position })
+        Ok(Outcome::Paused { position, checkpoint })
     }
     /// Runs until `shutdown`: waits to become the active instance, then tails the log.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let name = self.name();
         let info = self.projection.info();
-        metrics::gauge!("rig_consumer_active", "consumer" => name).set(0.0);
-        metrics::gauge!("rig_consumer_paused", "consumer" => name).set(0.0);
+        register_metrics(name);
         self.spawn_listener(shutdown.clone());
         let mut backoff = new_backoff();
         while !shutdown.is_cancelled() {
@@ -791,8 +795,10 @@ impl<P: Projection> Consumer<P> {
 
     async fn export_head(&self, outcome: &Outcome) {
         let name = self.name();
+        // While paused the head moves on and the lag grows: an operator's alert must see it.
         let position = match outcome {
             Outcome::Applied { position, .. } | Outcome::Idle { position } => Some(*position),
+            Outcome::Paused { checkpoint, .. } => Some(*checkpoint),
             _ => None,
         };
         if let Ok(head) = sqlx::query_scalar::<_, Option<i64>>("SELECT max(position) FROM events")
@@ -883,6 +889,20 @@ impl<P: Projection> Consumer<P> {
             }
         });
     }
+}
+
+/// Every per-consumer metric of SPEC §8, registered at start with its resting value, so that a
+/// hot standby, or a consumer that has not applied anything yet, already shows the whole set (an
+/// alert that finds a series missing cannot tell "zero" from "not running").
+fn register_metrics(name: &'static str) {
+    metrics::gauge!("rig_consumer_active", "consumer" => name).set(0.0);
+    metrics::gauge!("rig_consumer_paused", "consumer" => name).set(0.0);
+    metrics::counter!("rig_consumer_events_total", "consumer" => name).increment(0);
+    for kind in ["transient", "handler", "fenced"] {
+        metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => kind).increment(0);
+    }
+    // Registered, not recorded: it renders with a count of 0.
+    let _ = metrics::histogram!("rig_consumer_batch_duration_seconds", "consumer" => name);
 }
 
 fn new_backoff() -> impl Iterator<Item = Duration> {

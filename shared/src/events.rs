@@ -27,12 +27,19 @@ pub const ISSUE_DONE: &str = "ISSUE_DONE";
 pub const TOKEN_USAGE: &str = "TOKEN_USAGE";
 
 /// The JSON type a `data` field must have.
+/// Most tokens one TOKEN_USAGE event may report for one kind: a trillion, far above any model
+/// call, and low enough that the projectors' bigint sums cannot overflow before millions of such
+/// events (an overflow would stop them at that event).
+pub const MAX_TOKENS: i64 = 1_000_000_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// A non-empty string.
     Str,
-    /// An integer ≥ 0.
+    /// An integer ≥ 0 that fits a bigint.
     Count,
+    /// A token count: an integer from 0 to [`MAX_TOKENS`].
+    Tokens,
     /// An integer ≥ 1.
     PositiveInt,
     /// A number ≥ 0.
@@ -43,8 +50,6 @@ enum Kind {
     Timestamp,
     /// A string or an integer.
     StrOrInt,
-    /// An array of strings.
-    StrArray,
     /// An array of anything.
     Array,
     /// Any JSON value.
@@ -55,13 +60,13 @@ impl Kind {
     fn expected(self) -> &'static str {
         match self {
             Kind::Str => "a non-empty string",
-            Kind::Count => "an integer >= 0",
+            Kind::Count => "an integer from 0 to 9223372036854775807",
+            Kind::Tokens => "an integer from 0 to 1000000000000",
             Kind::PositiveInt => "an integer >= 1",
             Kind::NonNegNumber => "a number >= 0",
             Kind::Money => "a decimal amount >= 0 (a number or a string like \"0.30\")",
             Kind::Timestamp => "an RFC 3339 timestamp string",
             Kind::StrOrInt => "a string or an integer",
-            Kind::StrArray => "an array of strings",
             Kind::Array => "an array",
             Kind::Any => "any value",
         }
@@ -70,13 +75,15 @@ impl Kind {
     fn accepts(self, v: &Value) -> bool {
         match self {
             Kind::Str => v.as_str().is_some_and(|s| !s.is_empty()),
-            Kind::Count => v.as_u64().is_some() || v.as_i64().is_some_and(|n| n >= 0),
+            // What the projectors read back as a bigint: a larger number would be stored and then
+            // stop them as a poison event.
+            Kind::Count => v.as_i64().is_some_and(|n| n >= 0),
+            Kind::Tokens => v.as_i64().is_some_and(|n| (0..=MAX_TOKENS).contains(&n)),
             Kind::PositiveInt => v.as_u64().is_some_and(|n| n >= 1 && n <= i64::MAX as u64),
             Kind::NonNegNumber => v.as_f64().is_some_and(|n| n >= 0.0 && n.is_finite()),
             Kind::Money => crate::money::decimal_from_json(v).is_some_and(|d| !d.is_sign_negative()),
             Kind::Timestamp => v.as_str().is_some_and(|s| DateTime::parse_from_rfc3339(s).is_ok()),
             Kind::StrOrInt => v.is_string() || v.is_i64() || v.is_u64(),
-            Kind::StrArray => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
             Kind::Array => v.is_array(),
             Kind::Any => true,
         }
@@ -116,7 +123,8 @@ fn spec(event_type: &str) -> Option<Spec> {
             &[
                 ("pr_number", PositiveInt),
                 ("run_id", StrOrInt),
-                ("failed_checks", StrArray),
+                // Check names, or whatever the CI reports of each check: the notifier shows any.
+                ("failed_checks", Array),
             ],
         ),
         REVIEW_ASSIGNED | REVIEW_PASSED => s(&[], &[("reviewer", Str), ("pr_number", PositiveInt)]),
@@ -132,12 +140,12 @@ fn spec(event_type: &str) -> Option<Spec> {
             &[
                 ("agent_id", Str),
                 ("model", Str),
-                ("input_tokens", Count),
-                ("output_tokens", Count),
+                ("input_tokens", Tokens),
+                ("output_tokens", Tokens),
             ],
             &[
-                ("cache_read_tokens", Count),
-                ("cache_write_tokens", Count),
+                ("cache_read_tokens", Tokens),
+                ("cache_write_tokens", Tokens),
                 ("cost_usd", Money),
             ],
         ),
@@ -273,6 +281,25 @@ mod tests {
         .is_ok());
         assert!(validate("PR_CREATED", &json!({"pr_number": 0})).is_err());
         assert!(validate("HEARTBEAT", &json!({"agent_id": "a", "status": null})).is_ok());
+    }
+
+    #[test]
+    fn numbers_the_projectors_could_not_read_are_refused_at_the_door() {
+        let usage = |tokens: Value| json!({"agent_id": "a", "model": "m", "input_tokens": tokens, "output_tokens": 1});
+        assert!(validate("TOKEN_USAGE", &usage(json!(MAX_TOKENS))).is_ok());
+        for bad in [json!(MAX_TOKENS + 1), json!(u64::MAX), json!(1.5), json!("5")] {
+            let e = validate("TOKEN_USAGE", &usage(bad.clone())).unwrap_err();
+            assert!(
+                e.contains("input_tokens must be an integer from 0 to 1000000000000"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(validate("ESCALATED", &json!({"reason": "r", "attempts": i64::MAX})).is_ok());
+        assert!(validate("ESCALATED", &json!({"reason": "r", "attempts": u64::MAX})).is_err());
+        // Whatever a CI reports of each failed check.
+        let checks = json!({"failed_checks": ["lint", {"name": "test", "url": "https://ci/1"}]});
+        assert!(validate("CI_FAILED", &checks).is_ok());
+        assert!(validate("CI_FAILED", &json!({"failed_checks": "lint"})).is_err());
     }
 
     #[test]

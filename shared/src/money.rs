@@ -3,7 +3,7 @@
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use std::str::FromStr;
 
@@ -30,6 +30,16 @@ pub fn decimal_from_f64(f: f64) -> Option<Decimal> {
         return None;
     }
     Decimal::from_str(&format!("{f}")).ok()
+}
+
+/// Money in a JSON answer: a JSON number written with the decimal's own digits (`0.000045`,
+/// `12.5`, never a float's rounding), so that scripts can add it up (jq, JavaScript) and a
+/// decimal-aware reader gets it exactly. Use with `#[serde(serialize_with = "…")]` in a struct
+/// that is written straight to JSON: through `serde_json::to_value` (and so `json!`) it would
+/// become a float.
+pub fn serialize_exact<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    let raw = serde_json::value::RawValue::from_string(d.normalize().to_string()).map_err(serde::ser::Error::custom)?;
+    raw.serialize(s)
 }
 
 pub fn parse_decimal(s: &str) -> Option<Decimal> {
@@ -124,6 +134,27 @@ impl PriceTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn money_is_written_as_an_exact_json_number() {
+        #[derive(Serialize)]
+        struct Row {
+            #[serde(serialize_with = "serialize_exact")]
+            cost_usd: Decimal,
+        }
+        let json = |s: &str| {
+            serde_json::to_string(&Row {
+                cost_usd: Decimal::from_str(s).unwrap(),
+            })
+            .unwrap()
+        };
+        assert_eq!(json("0.30"), r#"{"cost_usd":0.3}"#);
+        assert_eq!(json("0.000045"), r#"{"cost_usd":0.000045}"#);
+        assert_eq!(json("3.000000"), r#"{"cost_usd":3}"#);
+        assert_eq!(json("0"), r#"{"cost_usd":0}"#);
+        // More digits than a float holds, kept.
+        assert_eq!(json("123456789.123456789012"), r#"{"cost_usd":123456789.123456789012}"#);
+    }
     use serde_json::json;
 
     #[test]

@@ -91,12 +91,14 @@ proptest! {
     }
 
     #[test]
-    fn token_usage_with_valid_counts_passes(input in 0i64..i64::MAX, output in 0i64..1_000_000_000, cost in 0u32..1_000_000) {
+    fn token_usage_with_valid_counts_passes(input in 0i64..=shared::events::MAX_TOKENS, output in 0i64..1_000_000_000, cost in 0u32..1_000_000) {
         let data = json!({"agent_id": "a", "model": "m", "input_tokens": input, "output_tokens": output,
                           "cost_usd": format!("{}.{:02}", cost / 100, cost % 100)});
         prop_assert!(validate("TOKEN_USAGE", &data).is_ok());
         let mut bad = data.clone();
         bad["input_tokens"] = json!(-1 - (input % 1000));
+        prop_assert!(validate("TOKEN_USAGE", &bad).is_err());
+        bad["input_tokens"] = json!(shared::events::MAX_TOKENS + 1 + input);
         prop_assert!(validate("TOKEN_USAGE", &bad).is_err());
     }
 }

@@ -380,11 +380,16 @@ async fn an_unlinked_delivery_links_when_redelivered_after_its_pr_is_known() {
     let run = fixture("workflow_run.completed.with-pull-requests");
     // GitHub does not promise order: CI can arrive before the PR it belongs to.
     expect(&ingest, "workflow_run", "early-ci", &run, "unlinked").await;
+    // A redelivery is answered 200, linked or not.
+    let (code, b) = deliver(&ingest, "workflow_run", "early-ci", &run).await;
+    assert_eq!((code, b["status"].as_str()), (StatusCode::OK, Some("unlinked")), "{b}");
+    assert_eq!(db.events().await, 0);
     let mut opened = fixture("pull_request.opened");
     opened["repository"] = run["repository"].clone();
     opened["pull_request"]["body"] = json!("closes #12");
     expect(&ingest, "pull_request", "the-pr", &opened, "appended").await;
-    expect(&ingest, "workflow_run", "early-ci", &run, "appended").await;
+    let (code, b) = deliver(&ingest, "workflow_run", "early-ci", &run).await;
+    assert_eq!((code, b["status"].as_str()), (StatusCode::OK, Some("appended")), "{b}");
     assert_eq!(
         types(&read_stream(&ingest, "octo-org/octo-repo#12").await),
         ["PR_CREATED", "CI_PASSED"]

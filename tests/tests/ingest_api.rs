@@ -479,15 +479,33 @@ async fn time_travel_and_the_whole_lifecycle() {
     assert_eq!(at["version"], 3, "{at}");
     assert_eq!(at["state"]["status"], "in_progress");
 
-    // Unknown stream: 404; a bad id: 422.
+    // Unknown stream: 404; so is an id no stream can have, with the reason, and a path that
+    // does not even decode (JSON, like every error).
     let r = c
         .get(ingest.url("/v1/streams/acme%2Fnothing%231"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = c.get(ingest.url("/v1/streams/nonsense")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    for (path, reason) in [
+        ("/v1/streams/nonsense", "owner/repo#number"),
+        ("/v1/issues/nonsense", "owner/repo#number"),
+        ("/v1/streams/%FF%FE", "UTF-8"),
+    ] {
+        let (status, body) = get_json(&c, &ingest.url(path)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(body["error"], "not_found", "{path}: {body}");
+        assert!(body["detail"].as_str().unwrap().contains(reason), "{path}: {body}");
+    }
+    // `?at=` with its `+` unencoded (read as a space by form decoding) still means the offset.
+    let plus = chrono::DateTime::parse_from_rfc3339(recorded_at_3)
+        .unwrap()
+        .with_timezone(&chrono::FixedOffset::east_opt(2 * 3600).unwrap())
+        .to_rfc3339();
+    assert!(plus.contains("+02:00"), "{plus}");
+    let (status, at) = get_json(&c, &ingest.url(&format!("/v1/streams/{}?at={plus}", enc(sid)))).await;
+    assert_eq!(status, StatusCode::OK, "{at}");
+    assert_eq!(at["version"], 3, "{at}");
 
     // The issue board with filters.
     let list: Value = get_json(&c, &ingest.url("/v1/issues?status=done")).await.1;
@@ -527,6 +545,21 @@ async fn compat_endpoint_takes_the_deployed_agents_body() {
     assert_eq!(agents["agents"][0]["agent_id"], "dev-e-node");
     assert_eq!(agents["agents"][0]["current_stream_id"], "acme/widgets#42");
     assert!(agents["agents"][0]["last_heartbeat_at"].is_string());
+    // A heartbeat on the agent's own stream naming the issue by number keeps that issue.
+    let (s, b) = post(
+        &c,
+        &ingest.url("/api/events"),
+        &json!({"Type":"HEARTBEAT","AgentId":"dev-e-node","CurrentIssue":42}),
+    )
+    .await;
+    assert!(s.is_success(), "{s}: {b}");
+    let agents: Value = get_json(&c, &ingest.url("/v1/agents")).await.1;
+    assert_eq!(agents["agents"][0]["current_stream_id"], "acme/widgets#42", "{agents}");
+    let data: Value = sqlx::query_scalar("SELECT data FROM events WHERE stream_id = 'agent:dev-e-node'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(data, json!({"agent_id": "dev-e-node", "current_issue": 42}));
 
     // No issue: the agent stream; token usage in PascalCase.
     let (s, _) = post(
@@ -536,10 +569,12 @@ async fn compat_endpoint_takes_the_deployed_agents_body() {
     )
     .await;
     assert!(s.is_success());
-    let data: Value = sqlx::query_scalar("SELECT data FROM events WHERE stream_id = 'agent:dev-e-node'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let data: Value = sqlx::query_scalar(
+        "SELECT data FROM events WHERE stream_id = 'agent:dev-e-node' AND event_type = 'TOKEN_USAGE'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(data["input_tokens"], 1200);
     assert_eq!(data["cost_usd"], 0.0081);
     // Invalid compat bodies are refused like native ones.
@@ -550,7 +585,7 @@ async fn compat_endpoint_takes_the_deployed_agents_body() {
     )
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
-    assert_eq!(db.events().await, 2);
+    assert_eq!(db.events().await, 3);
 }
 
 #[tokio::test]

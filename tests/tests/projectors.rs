@@ -458,6 +458,24 @@ async fn a_hot_standby_takes_over_when_the_active_instance_is_killed() {
     } else {
         (&mut b, &mut a)
     };
+    // The standby already shows the whole set of SPEC §8, so a dashboard or an alert never finds
+    // a series missing (its position, head and lag are those of the checkpoint it waits on).
+    let text = standby.metrics().await.unwrap();
+    for name in [
+        "rig_consumer_position",
+        "rig_consumer_head_position",
+        "rig_consumer_lag_events",
+        "rig_consumer_events_total",
+        "rig_consumer_batch_duration_seconds_count",
+        "rig_consumer_errors_total",
+        "rig_consumer_paused",
+        "rig_consumer_active",
+    ] {
+        assert!(
+            metric(&text, name, "consumer=\"token-projector\"").is_some(),
+            "{name} missing from the standby's metrics:\n{text}"
+        );
+    }
     let at_kill = checkpoint(&db.pool, "token-projector").await;
     active.proc.kill9();
 
@@ -562,6 +580,7 @@ async fn a_poison_event_pauses_the_consumer_until_an_operator_skips_it() {
     let config = Config::new();
     let mut token = Projector::spawn(TOKEN, &db, &config, &[]);
     let mut cost = Projector::spawn(COST, &db, &config, &[]);
+    let mut more = 5_000;
     for (p, consumer) in [(&mut token, "token-projector"), (&mut cost, "cost-projector")] {
         let (paused_at, error): (i64, String) =
             wait_for(&format!("{consumer} to pause"), Duration::from_secs(30), || async {
@@ -585,6 +604,18 @@ async fn a_poison_event_pauses_the_consumer_until_an_operator_skips_it() {
         })
         .await;
         assert_eq!(paused, 1.0);
+        // The lag counts what waits behind the poison event, and keeps counting while paused.
+        for _ in 0..2 {
+            let lag = (head(&db.pool).await - (poison - 1)) as f64;
+            wait_for("the lag while paused", Duration::from_secs(10), || async {
+                p.metric("rig_consumer_lag_events", "consumer=")
+                    .await
+                    .filter(|v| *v == lag)
+            })
+            .await;
+            append_log(&db.pool, more, 10).await;
+            more += 10;
+        }
         wait_http_ok(&p.url("/healthz"), Duration::from_secs(5)).await;
         assert!(p.alive(), "a poison event must not stop the process");
         assert_eq!(checkpoint(&db.pool, consumer).await, poison - 1, "still paused");
@@ -705,6 +736,38 @@ async fn an_append_wakes_the_projector_through_notify_not_the_poll() {
         .await
         .unwrap();
     assert_eq!(cost, "0.75");
+
+    // The read API gives money as JSON numbers with their exact digits.
+    let body = client
+        .get(ingest.url("/v1/usage?stream_id=acme%2Fwidgets%237"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains(r#""cost_usd":0.75,"events":3}"#), "{body}");
+    let usage: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(usage["total"]["cost_usd"].as_f64(), Some(0.75), "{body}");
+    assert_eq!(usage["total"]["input_tokens"], 3000, "{body}");
+    sqlx::query(
+        "INSERT INTO daily_cost (day, repo, agent_id, model, input_tokens, output_tokens, cache_read_tokens, \
+         cache_write_tokens, cost_usd, events) \
+         VALUES ((now() AT TIME ZONE 'UTC')::date, 'acme/widgets', 'dev-1', 'm', 1, 1, 0, 0, 12345678.000000123456789, 2)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let body = client
+        .get(ingest.url("/v1/costs/daily?days=1"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains(r#""total_cost_usd":12345678.000000123456789"#), "{body}");
+    assert!(body.contains(r#""cost_usd":12345678.000000123456789,"#), "{body}");
 }
 
 /// Inserts one TOKEN_USAGE event under the append lock; returns its position.

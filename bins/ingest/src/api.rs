@@ -38,6 +38,25 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// The one path parameter of a read (`/v1/streams/{id}`, `/v1/issues/{id}`), percent-decoded,
+/// as a stream id. A path that is not a stream id names nothing that exists: 404 with the reason,
+/// like any unknown stream (a bad percent-encoding included, which axum would answer in plain
+/// text).
+pub struct StreamPath(pub StreamId);
+
+impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::NotFound(format!("no such stream: {}", r.body_text())))?;
+        StreamId::parse(&raw)
+            .map(StreamPath)
+            .map_err(|e| ApiError::NotFound(format!("no such stream: {e}")))
+    }
+}
+
 /// The body as bytes, with the size limit reported as our JSON 413.
 pub fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
@@ -249,18 +268,23 @@ fn int_param(name: &str, raw: Option<&str>, min: i64, max: i64) -> Result<Option
 /// and `state` always describe the whole stream up to the cut, whatever page is shown.
 pub async fn read_stream(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    StreamPath(stream): StreamPath,
     ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Response, ApiError> {
-    let stream = parse_stream_id(&raw)?;
     let sid = stream.to_string();
     let to_version = int_param("to_version", q.to_version.as_deref(), 0, i64::MAX)?;
     let from_version = int_param("from_version", q.from_version.as_deref(), 1, i64::MAX)?.unwrap_or(1);
     let limit = int_param("limit", q.limit.as_deref(), 1, MAX_STREAM_PAGE)?;
     let at = match q.at.as_deref() {
         None => None,
+        // An unencoded `+` in `?at=…+02:00` arrives as a space (form decoding); no RFC 3339 time
+        // has a space there, so it is read back as the `+` it was.
         Some(t) => Some(
             DateTime::parse_from_rfc3339(t)
+                .or_else(|e| match t.rsplit_once(' ') {
+                    Some((time, offset)) => DateTime::parse_from_rfc3339(&format!("{time}+{offset}")),
+                    None => Err(e),
+                })
                 .map_err(|_| {
                     ApiError::InvalidRequest(format!("at {t:?} is not an RFC 3339 time such as 2026-04-21T09:00:05Z"))
                 })?
@@ -336,8 +360,8 @@ pub async fn read_stream(
 }
 
 /// `GET /v1/issues/{stream_id}`
-pub async fn get_issue(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
-    let sid = parse_stream_id(&raw)?.to_string();
+pub async fn get_issue(State(state): State<AppState>, StreamPath(stream): StreamPath) -> Result<Response, ApiError> {
+    let sid = stream.to_string();
     let row: Option<IssueState> = sqlx::query_as("SELECT * FROM issue_state WHERE stream_id = $1")
         .bind(&sid)
         .fetch_optional(&state.pool)
@@ -425,8 +449,29 @@ pub struct UsageRow {
     pub output_tokens: i64,
     pub cache_read_tokens: i64,
     pub cache_write_tokens: i64,
+    #[serde(serialize_with = "shared::money::serialize_exact")]
     pub cost_usd: Decimal,
     pub events: i64,
+}
+
+/// The sums of the usage rows an answer lists.
+#[derive(Debug, Default, Serialize)]
+pub struct UsageTotal {
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    #[serde(serialize_with = "shared::money::serialize_exact")]
+    pub cost_usd: Decimal,
+    pub events: i64,
+}
+
+/// Money stays exact only if the answer is written straight to JSON (see
+/// `shared::money::serialize_exact`), so the answers are structs, not `json!`.
+#[derive(Serialize)]
+struct UsageAnswer {
+    usage: Vec<UsageRow>,
+    total: UsageTotal,
 }
 
 /// `GET /v1/usage?stream_id=…|agent_id=…`: token usage (token-projector's table).
@@ -443,15 +488,16 @@ pub async fn usage(State(state): State<AppState>, ApiQuery(q): ApiQuery<UsageQue
     .bind(&q.agent_id)
     .fetch_all(&state.pool)
     .await?;
-    let total = json!({
-        "input_tokens": rows.iter().map(|r| r.input_tokens).sum::<i64>(),
-        "output_tokens": rows.iter().map(|r| r.output_tokens).sum::<i64>(),
-        "cache_read_tokens": rows.iter().map(|r| r.cache_read_tokens).sum::<i64>(),
-        "cache_write_tokens": rows.iter().map(|r| r.cache_write_tokens).sum::<i64>(),
-        "cost_usd": rows.iter().map(|r| r.cost_usd).sum::<Decimal>(),
-        "events": rows.iter().map(|r| r.events).sum::<i64>(),
+    let total = rows.iter().fold(UsageTotal::default(), |mut t, r| {
+        t.input_tokens += r.input_tokens;
+        t.output_tokens += r.output_tokens;
+        t.cache_read_tokens += r.cache_read_tokens;
+        t.cache_write_tokens += r.cache_write_tokens;
+        t.cost_usd += r.cost_usd;
+        t.events += r.events;
+        t
     });
-    Ok(Json(json!({ "usage": rows, "total": total })).into_response())
+    Ok(Json(UsageAnswer { usage: rows, total }).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -470,9 +516,18 @@ pub struct DailyCostRow {
     pub output_tokens: i64,
     pub cache_read_tokens: i64,
     pub cache_write_tokens: i64,
+    #[serde(serialize_with = "shared::money::serialize_exact")]
     pub cost_usd: Decimal,
     pub events: i64,
     pub unpriced_events: i64,
+}
+
+#[derive(Serialize)]
+struct DailyCostAnswer {
+    days: i32,
+    costs: Vec<DailyCostRow>,
+    #[serde(serialize_with = "shared::money::serialize_exact")]
+    total_cost_usd: Decimal,
 }
 
 /// `GET /v1/costs/daily?days=N`: the last N UTC days (today included) of `daily_cost`.
@@ -487,6 +542,11 @@ pub async fn daily_costs(
     .bind(days)
     .fetch_all(&state.pool)
     .await?;
-    let total: Decimal = rows.iter().map(|r| r.cost_usd).sum();
-    Ok(Json(json!({ "days": days, "costs": rows, "total_cost_usd": total })).into_response())
+    let total_cost_usd: Decimal = rows.iter().map(|r| r.cost_usd).sum();
+    Ok(Json(DailyCostAnswer {
+        days,
+        costs: rows,
+        total_cost_usd,
+    })
+    .into_response())
 }

@@ -24,6 +24,21 @@ pub async fn append(
     submit(&state, parse_append(native)?).await
 }
 
+/// A .NET `DateTime` of unspecified kind serializes without an offset
+/// (`2026-04-21T09:00:05.1234567`); the .NET service stored such times as UTC, and so do we.
+/// Anything else goes on to the native check as it is.
+fn utc_if_naive(t: Value) -> Value {
+    match &t {
+        Value::String(s) if chrono::DateTime::parse_from_rfc3339(s).is_err() => {
+            match chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f") {
+                Ok(naive) => json!(naive.and_utc().to_rfc3339()),
+                Err(_) => t,
+            }
+        }
+        _ => t,
+    }
+}
+
 /// The compat body as a native append body.
 pub fn translate(body: Value) -> Result<Value, ApiError> {
     let Value::Object(obj) = body else {
@@ -41,9 +56,21 @@ pub fn translate(body: Value) -> Result<Value, ApiError> {
             ))
         }
     };
+    // A nested Data object is flattened into data, as the .NET service did (first, so that a
+    // Data.AgentId can name the agent stream).
+    if let Some(Value::Object(inner)) = fields.remove("data") {
+        for (k, v) in inner {
+            fields.entry(snake_case(&k)).or_insert(v);
+        }
+    }
     let repo = fields.remove("repo");
     let number = fields.remove("issue_number");
-    let stream_id = match (&repo, number.as_ref().and_then(Value::as_i64)) {
+    // Some clients send the number as a string ("42").
+    let number = number.as_ref().and_then(|n| match n {
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        n => n.as_i64(),
+    });
+    let stream_id = match (&repo, number) {
         (Some(Value::String(r)), Some(n)) if n > 0 && !r.is_empty() => format!("{r}#{n}"),
         _ => match fields.get("agent_id") {
             Some(Value::String(a)) if !a.is_empty() => format!("agent:{a}"),
@@ -55,15 +82,12 @@ pub fn translate(body: Value) -> Result<Value, ApiError> {
         },
     };
     let id = fields.remove("id").or_else(|| fields.remove("event_id"));
-    let occurred_at = fields.remove("occurred_at").or_else(|| fields.remove("timestamp"));
+    let occurred_at = fields
+        .remove("occurred_at")
+        .or_else(|| fields.remove("timestamp"))
+        .map(utc_if_naive);
     let metadata = fields.remove("metadata");
     let expected_version = fields.remove("expected_version");
-    // A nested Data object is flattened into data, as the .NET service did.
-    if let Some(Value::Object(inner)) = fields.remove("data") {
-        for (k, v) in inner {
-            fields.entry(snake_case(&k)).or_insert(v);
-        }
-    }
     let mut event = json!({"type": event_type, "data": Value::Object(fields)});
     if let Some(id) = id {
         event["id"] = id;
@@ -133,5 +157,24 @@ mod tests {
         let b = translate(json!({"Type":"HEARTBEAT","Repo":"acme/widgets","IssueNumber":0,"AgentId":"dev-e"})).unwrap();
         assert_eq!(b["stream_id"], "agent:dev-e");
         assert!(translate(json!({"Type":"HEARTBEAT"})).is_err());
+        let b = translate(json!({"Type":"HEARTBEAT","Repo":"acme/widgets","IssueNumber":"42","AgentId":"a"})).unwrap();
+        assert_eq!(b["stream_id"], "acme/widgets#42");
+        // A nested Data object is read before the stream is chosen.
+        let b = translate(json!({"Type":"HEARTBEAT","Data":{"AgentId":"dev-x","Status":"idle"}})).unwrap();
+        assert_eq!(b["stream_id"], "agent:dev-x");
+        assert_eq!(b["events"][0]["data"], json!({"agent_id": "dev-x", "status": "idle"}));
+    }
+
+    #[test]
+    fn a_dotnet_time_without_an_offset_is_utc() {
+        let at = |t: &str| {
+            translate(json!({"Type":"HEARTBEAT","AgentId":"a","Timestamp":t})).unwrap()["events"][0]["occurred_at"]
+                .clone()
+        };
+        assert_eq!(at("2026-04-21T09:00:05"), "2026-04-21T09:00:05+00:00");
+        assert_eq!(at("2026-04-21T09:00:05.1234567"), "2026-04-21T09:00:05.123456700+00:00");
+        assert_eq!(at("2026-04-21T09:00:05+02:00"), "2026-04-21T09:00:05+02:00");
+        // Not a time at all: left for the native check to refuse with its message.
+        assert_eq!(at("yesterday"), "yesterday");
     }
 }

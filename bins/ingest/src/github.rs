@@ -535,6 +535,10 @@ async fn handle(
         .bind(delivery)
         .fetch_optional(&state.pool)
         .await?;
+    // A redelivery is answered 200 (SPEC §6) and never stores anything twice. One that could
+    // not be linked before is looked at again (its PR may be known by now: an operator fixes
+    // the link and redelivers), as the same event ids.
+    let redelivered = previous.is_some();
     if let Some(outcome) = previous.filter(|o| o != "unlinked") {
         tracing::debug!(delivery, event, "github redelivery: nothing to do");
         return Ok(Answer {
@@ -583,7 +587,12 @@ async fn handle(
         );
         record(&state.pool, delivery, event, action, "unlinked").await?;
         let detail = unlinked_detail(&repo, &target);
-        return Ok(answer(StatusCode::ACCEPTED, "unlinked", json!({"detail": detail})));
+        let status = if redelivered {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        return Ok(answer(status, "unlinked", json!({"detail": detail})));
     }
 
     let mut metadata =
@@ -635,8 +644,20 @@ async fn handle(
         // Stored by an attempt whose answer was lost before the delivery was recorded.
         return Ok(answer(StatusCode::OK, "redelivery", fields));
     }
-    tracing::info!(delivery, event, action, ?streams, "github delivery appended");
-    Ok(answer(StatusCode::ACCEPTED, "appended", fields))
+    tracing::info!(
+        delivery,
+        event,
+        action,
+        ?streams,
+        redelivered,
+        "github delivery appended"
+    );
+    let status = if redelivered {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok(answer(status, "appended", fields))
 }
 
 /// Why nothing linked, in the terms an operator can act on.

@@ -109,8 +109,12 @@ pub fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<()
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        })
+        .map(|(_, token)| token.trim())
         .ok_or(ApiError::Unauthorized(
             "the Authorization header must be `Bearer <token>`",
         ))?;

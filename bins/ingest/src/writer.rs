@@ -159,6 +159,13 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer task. It stops when every handle is dropped.
     pub fn spawn(pool: PgPool, max_batch: usize) -> Writer {
+        // The append counters exist from the start (at 0), so a rate or an alert over them never
+        // finds the series missing before the first append or the first conflict.
+        metrics::counter!("rig_ingest_events_appended_total").increment(0);
+        metrics::counter!("rig_ingest_idempotent_retries_total").increment(0);
+        for kind in ["wrong_expected_version", "duplicate_event_id", "already_assigned"] {
+            metrics::counter!("rig_ingest_conflicts_total", "kind" => kind).increment(0);
+        }
         let (tx, rx) = mpsc::channel(max_batch * 4);
         let (durable_tx, durable_rx) = mpsc::channel(64);
         tokio::spawn(writer_loop(pool.clone(), rx, durable_tx, max_batch));
@@ -859,7 +866,19 @@ fn fold_agents(
                         a.current_stream_id =
                             Some(StreamId::parse(s).map(|s| s.to_string()).unwrap_or_else(|_| s.clone()))
                     }
-                    Some(Value::Number(n)) => a.current_stream_id = Some(n.to_string()),
+                    // A bare number names an issue of the agent's own: the one it is on, or
+                    // this heartbeat's issue stream; unresolved, it is kept as the agent said it.
+                    Some(Value::Number(n)) => {
+                        let same_number =
+                            |s: &str| StreamId::parse(s).ok().and_then(|s| s.issue_number()) == n.as_i64();
+                        a.current_stream_id = if on_issue && same_number(sid) {
+                            Some(sid.to_owned())
+                        } else if a.current_stream_id.as_deref().is_some_and(same_number) {
+                            a.current_stream_id.take()
+                        } else {
+                            Some(n.to_string())
+                        };
+                    }
                     Some(Value::Null) => a.current_stream_id = None,
                     _ if on_issue => a.current_stream_id = Some(sid.to_owned()),
                     _ => {}

@@ -640,8 +640,8 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
 }
 
 fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
-    // No statement logging: the bulk statements here are slow on purpose, and rigctl's log goes
-    // to stdout, where the JSON report must stand alone.
+    // No statement logging: the bulk statements here are slow on purpose, and would fill the log
+    // with warnings that mean nothing.
     Ok(shared::db::connect_options(url)?
         .disable_statement_logging()
         .application_name("rigctl-bench"))
@@ -1321,7 +1321,7 @@ async fn rebuild_token_projector(pool: &PgPool, raw_read: &Baseline) -> anyhow::
             }
             Outcome::Idle { .. } => break,
             Outcome::Fenced => {}
-            Outcome::Paused { position } => {
+            Outcome::Paused { position, .. } => {
                 bail!("the token-projector paused at position {position} during the rebuild")
             }
             Outcome::Failed { position, error } => bail!("the token-projector failed at position {position}: {error}"),
