@@ -374,6 +374,34 @@ async fn a_pr_closing_issue_12_brings_its_ci_along_and_unlinkable_ones_are_count
 }
 
 #[tokio::test]
+async fn ci_of_an_issues_first_pr_links_after_a_second_pr_was_opened() {
+    let db = TestDb::new().await;
+    let ingest = start(&db).await;
+    let run = fixture("workflow_run.completed.with-pull-requests");
+    // The agent reports its PRs itself: #2 (the one the CI run is for), then a second try, #3.
+    for pr in [2, 3] {
+        let r = reqwest::Client::new()
+            .post(ingest.url("/v1/events"))
+            .bearer_auth(API_TOKEN)
+            .json(&json!({"stream_id": "Octo-Org/Octo-Repo#12",
+                          "events": [{"type": "PR_CREATED", "data": {"pr_number": pr}}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let b = expect(&ingest, "workflow_run", "first-pr-ci", &run, "appended").await;
+    assert_eq!(b["streams"], json!(["octo-org/octo-repo#12"]));
+    let stream = read_stream(&ingest, "octo-org/octo-repo#12").await;
+    assert_eq!(types(&stream), ["PR_CREATED", "PR_CREATED", "CI_PASSED"]);
+    assert_eq!(stream["events"][2]["data"]["pr_number"], 2);
+    // A PR of the same number in another repository links nothing here.
+    let mut other = run.clone();
+    other["repository"]["full_name"] = json!("octo-org/other-repo");
+    expect(&ingest, "workflow_run", "other-repo-ci", &other, "unlinked").await;
+}
+
+#[tokio::test]
 async fn an_unlinked_delivery_links_when_redelivered_after_its_pr_is_known() {
     let db = TestDb::new().await;
     let ingest = start(&db).await;

@@ -676,23 +676,34 @@ fn unlinked_detail(repo: &str, target: &Target) -> String {
     }
 }
 
-/// PR number → issues of `repo` whose stream recorded a PR_CREATED for it (`issue_state`
-/// keeps the PR number; indexed by `(repo, pr_number)`).
+/// PR number → issues of `repo` whose stream recorded a PR_CREATED for it, any time: from
+/// GitHub or from an agent, first attempt or latest.
 async fn issues_of_prs(pool: &PgPool, repo: &str, prs: &[i64]) -> Result<HashMap<i64, Vec<i64>>, sqlx::Error> {
     let mut known: HashMap<i64, Vec<i64>> = HashMap::new();
     if prs.is_empty() {
         return Ok(known);
     }
-    let rows: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT pr_number, issue_number FROM issue_state WHERE repo = $1 AND pr_number = ANY($2) \
-         ORDER BY issue_number LIMIT 100",
+    // Every PR_CREATED ever recorded for these numbers, not only an issue's latest PR
+    // (migration 0024 indexes exactly this). Issue streams of `repo` are `{repo}#{number}`.
+    let numbers: Vec<String> = prs.iter().map(i64::to_string).collect();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT data ->> 'pr_number', stream_id FROM events \
+         WHERE event_type = 'PR_CREATED' AND data ->> 'pr_number' = ANY($2) \
+           AND left(stream_id, length($1) + 1) = $1 || '#' \
+         ORDER BY 2 LIMIT 100",
     )
     .bind(repo)
-    .bind(prs)
+    .bind(&numbers)
     .fetch_all(pool)
     .await?;
-    for (pr, issue) in rows {
-        known.entry(pr).or_default().push(issue);
+    for (pr, stream) in rows {
+        let issue = StreamId::parse(&stream).ok().and_then(|s| s.issue_number());
+        if let (Ok(pr), Some(issue)) = (pr.parse::<i64>(), issue) {
+            known.entry(pr).or_default().push(issue);
+        }
+    }
+    for issues in known.values_mut() {
+        issues.sort_unstable();
     }
     Ok(known)
 }
