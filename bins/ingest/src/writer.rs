@@ -69,6 +69,16 @@
 //!   unchanged. For 500-event appends the write statement is ~92 % of the batch (0.75 ms BEGIN
 //!   and lookups, 13 ms write, 0.3 ms COMMIT per 1,000 events, timed in a scratch build).
 //!
+//! The arithmetic of closed-loop clients (each sends its next request when answered, as `wrk`
+//! and the bench do): a client in batch k is answered after that batch commits, when batch k+1
+//! has already started with what arrived meanwhile, so its next request joins batch k+2. N
+//! clients thus make batches of about N/2, and the rate is about N / (2 × T), T being the time a
+//! batch holds the lock. Checked against the bench on 2026-12-01 (run 2): 29.4 requests a batch,
+//! T = 3.56 ms, 64 / (2 × 3.56 ms) ≈ 9.0k/s predicted, 8.1k/s measured. So only a shorter T
+//! raises the single-append rate at a given client count; 4× raw autocommit (40k/s at 64
+//! clients) would need T ≈ 0.8 ms for ~32 requests, on a machine whose HTTP path alone (no
+//! database) tops out at 47-58k requests/s.
+//!
 //! Not tried yet: the lookups validated against a cache in the writer (the reads of
 //! `rig_append_begin` skipped when nobody else appended since the writer's last commit), and a
 //! pipelined writer (the next batch's reads overlapping this batch's write, with this batch's
