@@ -832,9 +832,11 @@ impl<P: Projection> Consumer<P> {
                 tracing::info!(consumer = name, "another instance is active; waiting as hot standby");
                 logged = true;
             }
-            // A standby still reports where the active instance is.
+            // A standby still reports where the active instance is (at 0 before the active one
+            // made its checkpoint row: nothing is applied yet).
             if let Ok((pos, head)) = sqlx::query_as::<_, (i64, Option<i64>)>(
-                "SELECT c.position, (SELECT max(position) FROM events) FROM checkpoints c WHERE c.consumer = $1",
+                "SELECT coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0), \
+                        (SELECT max(position) FROM events)",
             )
             .bind(name)
             .fetch_one(&mut conn)

@@ -309,6 +309,40 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> (reqwest::StatusCo
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// GETs `url`; returns the body as text (a `/metrics` page, or JSON whose exact text matters).
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: body: {e}"))
+}
+
+/// A transaction that writes `events` behind ingest's back, as ingest would: it first takes the
+/// append lock, so commit order stays position order. Finish it with [`commit_append`].
+pub async fn append_tx(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(shared::db::APPEND_LOCK_KEY)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+/// Commits an [`append_tx`] with the NOTIFY ingest sends, so consumers wake as they would.
+pub async fn commit_append(mut tx: sqlx::Transaction<'static, sqlx::Postgres>) {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(shared::db::EVENTS_CHANNEL)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
 /// Waits until `url` answers 200.
 pub async fn wait_http_ok(url: &str, timeout: Duration) {
     let client = reqwest::Client::new();

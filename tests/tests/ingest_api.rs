@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use reqwest::StatusCode;
-use rig_tests::{enc, get_json, TestDb, TestIngest};
+use rig_tests::{enc, get_json, get_text, TestDb, TestIngest};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -607,14 +607,7 @@ async fn ops_endpoints_answer() {
         c.get(ingest.url("/readyz")).send().await.unwrap().status(),
         StatusCode::OK
     );
-    let m = c
-        .get(ingest.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(&c, &ingest.url("/metrics")).await;
     assert!(m.contains("rig_ingest_events_appended_total"), "{m}");
     assert!(m.contains("rig_ingest_requests_total{route=\"/v1/events\""), "{m}");
     for group_commit in [

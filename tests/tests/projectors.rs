@@ -6,7 +6,7 @@
 //! projectors' code, and exactly (numeric, not floats).
 #![allow(clippy::unwrap_used)]
 
-use rig_tests::{free_port, wait_for, wait_http_ok, Proc, TestDb, TestIngest};
+use rig_tests::{append_tx, commit_append, free_port, get_text, wait_for, wait_http_ok, Proc, TestDb, TestIngest};
 use serde_json::json;
 use sqlx::PgPool;
 use std::path::PathBuf;
@@ -152,12 +152,7 @@ fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
 /// integer or a string, optional cache counts missing or null; every 13th event a HEARTBEAT the
 /// projectors must pass over.
 async fn append_log(pool: &PgPool, start: i64, n: i64) {
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(shared::db::APPEND_LOCK_KEY)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = append_tx(pool).await;
     sqlx::query(
         "INSERT INTO events (stream_id, version, event_id, event_type, data, occurred_at) \
          SELECT CASE WHEN i % 11 = 0 THEN 'agent:dev-' || (i % 4) ELSE 'acme/widgets-' || (i % 5) || '#' || (i % 37 + 1) END, \
@@ -185,12 +180,7 @@ async fn append_log(pool: &PgPool, start: i64, n: i64) {
     .execute(&mut *tx)
     .await
     .unwrap();
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(shared::db::EVENTS_CHANNEL)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    commit_append(tx).await;
 }
 
 /// The fold of SPEC §5 over `events` up to `upto` (without the events dead-lettered for
@@ -458,9 +448,14 @@ async fn a_hot_standby_takes_over_when_the_active_instance_is_killed() {
     } else {
         (&mut b, &mut a)
     };
-    // The standby already shows the whole set of SPEC §8, so a dashboard or an alert never finds
-    // a series missing (its position, head and lag are those of the checkpoint it waits on).
-    let text = standby.metrics().await.unwrap();
+    // The standby shows the whole set of SPEC §8, so a dashboard or an alert never finds a series
+    // missing (its position, head and lag, those of the checkpoint it waits on, from its first
+    // look at the database).
+    let text = wait_for("the standby's position", Duration::from_secs(5), || async {
+        let text = standby.metrics().await?;
+        metric(&text, "rig_consumer_position", "consumer=").map(|_| text)
+    })
+    .await;
     for name in [
         "rig_consumer_position",
         "rig_consumer_head_position",
@@ -559,12 +554,7 @@ async fn a_poison_event_pauses_the_consumer_until_an_operator_skips_it() {
     let db = TestDb::new().await;
     append_log(&db.pool, 0, 3_000).await;
     // Bad types that bypassed ingest's validation.
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(shared::db::APPEND_LOCK_KEY)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = append_tx(&db.pool).await;
     let poison: i64 = sqlx::query_scalar(
         "INSERT INTO events (stream_id, version, event_id, event_type, data) \
          VALUES ('acme/widgets-0#1', 1000000, gen_random_uuid(), 'TOKEN_USAGE', \
@@ -738,14 +728,7 @@ async fn an_append_wakes_the_projector_through_notify_not_the_poll() {
     assert_eq!(cost, "0.75");
 
     // The read API gives money as JSON numbers with their exact digits.
-    let body = client
-        .get(ingest.url("/v1/usage?stream_id=acme%2Fwidgets%237"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = get_text(&client, &ingest.url("/v1/usage?stream_id=acme%2Fwidgets%237")).await;
     assert!(body.contains(r#""cost_usd":0.75,"events":3}"#), "{body}");
     let usage: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(usage["total"]["cost_usd"].as_f64(), Some(0.75), "{body}");
@@ -758,26 +741,14 @@ async fn an_append_wakes_the_projector_through_notify_not_the_poll() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let body = client
-        .get(ingest.url("/v1/costs/daily?days=1"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = get_text(&client, &ingest.url("/v1/costs/daily?days=1")).await;
     assert!(body.contains(r#""total_cost_usd":12345678.000000123456789"#), "{body}");
     assert!(body.contains(r#""cost_usd":12345678.000000123456789,"#), "{body}");
 }
 
 /// Inserts one TOKEN_USAGE event under the append lock; returns its position.
 async fn append_usage(pool: &PgPool, stream: &str, version: i64, input_tokens: i64) -> i64 {
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(shared::db::APPEND_LOCK_KEY)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = append_tx(pool).await;
     let position: i64 = sqlx::query_scalar(
         "INSERT INTO events (stream_id, version, event_id, event_type, data) \
          VALUES ($1, $2, gen_random_uuid(), 'TOKEN_USAGE', \
@@ -790,12 +761,7 @@ async fn append_usage(pool: &PgPool, stream: &str, version: i64, input_tokens: i
     .fetch_one(&mut *tx)
     .await
     .unwrap();
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(shared::db::EVENTS_CHANNEL)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    commit_append(tx).await;
     position
 }
 

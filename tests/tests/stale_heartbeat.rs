@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
-use rig_tests::{free_port, wait_for, wait_http_ok, Proc, TestDb, TestIngest};
+use rig_tests::{append_tx, commit_append, free_port, wait_for, wait_http_ok, Proc, TestDb, TestIngest};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -968,12 +968,7 @@ fn synthetic_log(seed: u64) -> Vec<NewEvent> {
 /// lock as ingest does (so commit order is position order), positions in the order given.
 async fn insert_log(pool: &sqlx::PgPool, events: &[NewEvent], chunk: usize) {
     for part in events.chunks(chunk) {
-        let mut tx = pool.begin().await.unwrap();
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(shared::db::APPEND_LOCK_KEY)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let mut tx = append_tx(pool).await;
         sqlx::query(
             "INSERT INTO events (stream_id, version, event_id, event_type, data, recorded_at) \
              SELECT s, v, id, t, d::jsonb, r \
@@ -999,12 +994,7 @@ async fn insert_log(pool: &sqlx::PgPool, events: &[NewEvent], chunk: usize) {
         .execute(&mut *tx)
         .await
         .unwrap();
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(shared::db::EVENTS_CHANNEL)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        commit_append(tx).await;
     }
 }
 
