@@ -147,7 +147,8 @@ pub trait Projection: Send + 'static {
     /// Whether `apply` reads only `position`, `stream_id`, `event_type`, `data`, `occurred_at`
     /// and `recorded_at`. If so the other columns are not read at all, and the events `apply`
     /// gets carry empty values there (nil `event_id`, `version` and `schema_version` 0, null
-    /// `metadata`).
+    /// `metadata`); their `data` comes unparsed, as text in `data_text` (`data` is null), for
+    /// `usage::read_usage` or a reader of its own.
     fn lean_events(&self) -> bool {
         false
     }
@@ -239,7 +240,8 @@ impl Drop for Reader {
 }
 
 /// Columns read for projections with `lean_events`, in the order `decode_event` expects.
-const LEAN_COLUMNS: &str = "position, stream_id, event_type, data, occurred_at, recorded_at";
+/// `data` comes as text, unparsed, in `StoredEvent::data_text`.
+const LEAN_COLUMNS: &str = "position, stream_id, event_type, data::text, occurred_at, recorded_at";
 
 /// Decodes a row of `EVENT_COLUMNS` (or `LEAN_COLUMNS`) by index: no lookups by name per row.
 fn decode_event(row: &PgRow, lean: bool) -> Result<StoredEvent, sqlx::Error> {
@@ -251,10 +253,11 @@ fn decode_event(row: &PgRow, lean: bool) -> Result<StoredEvent, sqlx::Error> {
             event_id: uuid::Uuid::nil(),
             event_type: row.try_get(2)?,
             schema_version: 0,
-            data: row.try_get(3)?,
+            data: serde_json::Value::Null,
             metadata: serde_json::Value::Null,
             occurred_at: row.try_get(4)?,
             recorded_at: row.try_get(5)?,
+            data_text: Some(row.try_get(3)?),
         });
     }
     Ok(StoredEvent {
@@ -268,6 +271,7 @@ fn decode_event(row: &PgRow, lean: bool) -> Result<StoredEvent, sqlx::Error> {
         metadata: row.try_get(7)?,
         occurred_at: row.try_get(8)?,
         recorded_at: row.try_get(9)?,
+        data_text: None,
     })
 }
 

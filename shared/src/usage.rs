@@ -12,13 +12,14 @@ use crate::money::{decimal_from_json, PriceTable, Tokens};
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// One `TOKEN_USAGE` event, read and priced. Borrows its strings from the event.
+/// One `TOKEN_USAGE` event, read and priced. Borrows its strings from the event when it can.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Usage<'e> {
-    pub agent_id: &'e str,
-    pub model: &'e str,
+    pub agent_id: Cow<'e, str>,
+    pub model: Cow<'e, str>,
     pub tokens: Tokens,
     /// Exact; 0 when `unpriced`.
     pub cost_usd: Decimal,
@@ -29,8 +30,95 @@ pub struct Usage<'e> {
 }
 
 /// Reads and prices a `TOKEN_USAGE` event. The error says which field is wrong and how.
+///
+/// The rule is `read_fields`, over the parsed `data`. An event read lean carries its data as
+/// text (`StoredEvent::data_text`): the common, well-formed case is read straight from the text
+/// by `Fields` without building a `Value`, and anything that reading refuses or leaves open
+/// (a string with escapes, a missing or odd field, a given `cost_usd`, a repeated key) goes
+/// through `read_fields` after all, so both routes give the same answer and the same errors.
 pub fn read_usage<'e>(event: &'e StoredEvent, prices: &PriceTable) -> Result<Usage<'e>, String> {
-    let Some(data) = event.data.as_object() else {
+    let day = event.occurred_at.unwrap_or(event.recorded_at).date_naive();
+    let Some(text) = &event.data_text else {
+        return read_fields(&event.data, day, prices);
+    };
+    if let Ok(f) = serde_json::from_str::<Fields<'_>>(text) {
+        if let Some(u) = f.usage(day, prices) {
+            return Ok(u);
+        }
+    }
+    let data: Value = serde_json::from_str(text).map_err(|e| format!("TOKEN_USAGE: data is not JSON: {e}"))?;
+    read_fields(&data, day, prices).map(Usage::into_owned)
+}
+
+/// The fields of a well-formed `TOKEN_USAGE` data object, borrowed from its text. Unknown
+/// fields are skipped, as `read_fields` ignores them; a repeated field fails the parse.
+#[derive(serde::Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow, default)]
+    agent_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    model: Option<&'a str>,
+    #[serde(default)]
+    input_tokens: Option<i64>,
+    #[serde(default)]
+    output_tokens: Option<i64>,
+    #[serde(default)]
+    cache_read_tokens: Option<i64>,
+    #[serde(default)]
+    cache_write_tokens: Option<i64>,
+    #[serde(default)]
+    cost_usd: Option<serde::de::IgnoredAny>,
+}
+
+impl<'a> Fields<'a> {
+    /// The usage, when these fields are what `read_fields` accepts without a `cost_usd`;
+    /// `None` leaves the decision (and the error message) to `read_fields`.
+    fn usage(self, day: NaiveDate, prices: &PriceTable) -> Option<Usage<'a>> {
+        let agent_id = self.agent_id.filter(|s| !s.is_empty())?;
+        let model = self.model.filter(|s| !s.is_empty())?;
+        if self.cost_usd.is_some() {
+            return None;
+        }
+        let count = |n: Option<i64>, required: bool| match n {
+            Some(n) if n >= 0 => Some(n),
+            Some(_) => None,
+            None if required => None,
+            None => Some(0),
+        };
+        let tokens = Tokens {
+            input: count(self.input_tokens, true)?,
+            output: count(self.output_tokens, true)?,
+            cache_read: count(self.cache_read_tokens, false)?,
+            cache_write: count(self.cache_write_tokens, false)?,
+        };
+        let (cost_usd, unpriced) = match prices.cost(model, day, tokens) {
+            Some(d) => (d, false),
+            None => (Decimal::ZERO, true),
+        };
+        Some(Usage {
+            agent_id: Cow::Borrowed(agent_id),
+            model: Cow::Borrowed(model),
+            tokens,
+            cost_usd,
+            unpriced,
+            day,
+        })
+    }
+}
+
+impl Usage<'_> {
+    fn into_owned(self) -> Usage<'static> {
+        Usage {
+            agent_id: Cow::Owned(self.agent_id.into_owned()),
+            model: Cow::Owned(self.model.into_owned()),
+            ..self
+        }
+    }
+}
+
+/// The rule, over parsed data.
+fn read_fields<'e>(data: &'e Value, day: NaiveDate, prices: &PriceTable) -> Result<Usage<'e>, String> {
+    let Some(data) = data.as_object() else {
         return Err("TOKEN_USAGE: data is not a JSON object".to_owned());
     };
     let agent_id = text(data, "agent_id")?;
@@ -41,7 +129,6 @@ pub fn read_usage<'e>(event: &'e StoredEvent, prices: &PriceTable) -> Result<Usa
         cache_read: count(data, "cache_read_tokens", false)?,
         cache_write: count(data, "cache_write_tokens", false)?,
     };
-    let day = event.occurred_at.unwrap_or(event.recorded_at).date_naive();
     let given = match data.get("cost_usd") {
         None | Some(Value::Null) => None,
         Some(v) => match decimal_from_json(v) {
@@ -61,8 +148,8 @@ pub fn read_usage<'e>(event: &'e StoredEvent, prices: &PriceTable) -> Result<Usa
         },
     };
     Ok(Usage {
-        agent_id,
-        model,
+        agent_id: Cow::Borrowed(agent_id),
+        model: Cow::Borrowed(model),
         tokens,
         cost_usd,
         unpriced,
@@ -215,6 +302,7 @@ mod tests {
             metadata: json!({}),
             occurred_at: occurred_at.map(t),
             recorded_at: t("2025-10-05T23:59:59Z"),
+            data_text: None,
         }
     }
 
@@ -302,6 +390,59 @@ mod tests {
         assert!(e.contains("cost_usd"), "{e}");
         assert!(bad(json!({"agent_id": "a", "model": "m", "input_tokens": -1, "output_tokens": 1})).contains(">= 0"));
         assert!(bad(json!([1])).contains("not a JSON object"));
+    }
+
+    /// The event as a lean consumer reads it: data as the text Postgres gives for the jsonb.
+    fn lean(text: &str, occurred_at: Option<&str>) -> StoredEvent {
+        let mut e = event(Value::Null, occurred_at);
+        e.data_text = Some(text.to_owned());
+        e
+    }
+
+    #[test]
+    fn data_read_from_text_gives_what_the_parsed_data_gives() {
+        let prices = prices();
+        let cases = [
+            // Well-formed: read from the text directly.
+            r#"{"model": "m", "agent_id": "dev-1", "input_tokens": 1000, "output_tokens": 2}"#,
+            r#"{"model": "m", "agent_id": "dev-1", "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 7, "cache_write_tokens": 9, "extra": {"x": [1]}}"#,
+            r#"{"model": "unknown", "agent_id": "dev-1", "input_tokens": 1, "output_tokens": 1}"#,
+            r#"{"model": "m", "agent_id": "dev-1", "input_tokens": 9223372036854775807, "output_tokens": 1, "cache_read_tokens": null}"#,
+            // Everything the text reading leaves to the parsed rule.
+            r#"{"model": "m", "agent_id": "dev\n1", "input_tokens": 1, "output_tokens": 1}"#,
+            r#"{"model": "m\u00e9", "agent_id": "d", "input_tokens": 1, "output_tokens": 1}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "cost_usd": 0.1}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "cost_usd": "0.30"}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "cost_usd": null}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "cost_usd": "-1"}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "agent_id": "b"}"#,
+            r#"{"model": "m", "agent_id": "", "input_tokens": 1, "output_tokens": 1}"#,
+            r#"{"model": "m", "agent_id": null, "input_tokens": 1, "output_tokens": 1}"#,
+            r#"{"model": "m", "agent_id": 5, "input_tokens": 1, "output_tokens": 1}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": "lots", "output_tokens": 1}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": -1, "output_tokens": 1}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 5.0, "output_tokens": 1}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 9223372036854775808, "output_tokens": 1}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 1}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": null}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "cache_write_tokens": -3}"#,
+            r#"[1]"#,
+            r#""text""#,
+            r#"{}"#,
+        ];
+        for text in cases {
+            for at in [None, Some("2025-10-02T10:00:00Z"), Some("2025-09-30T23:00:00Z")] {
+                let parsed = event(serde_json::from_str(text).unwrap(), at);
+                let from_value = read_usage(&parsed, &prices);
+                let lean = lean(text, at);
+                let from_text = read_usage(&lean, &prices);
+                assert_eq!(from_text, from_value, "{text} at {at:?}");
+            }
+        }
+        // The common case borrows from the text: no allocation per event.
+        let e = lean(cases[0], None);
+        let u = read_usage(&e, &prices).unwrap();
+        assert!(matches!(u.agent_id, Cow::Borrowed("dev-1")) && matches!(u.model, Cow::Borrowed("m")));
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl Projection for CostProjection {
             self.sums
                 .entry(u.day)
                 .or_default()
-                .add(&[repo, u.agent_id, u.model], &u)
+                .add(&[repo, &u.agent_id, &u.model], &u)
                 .map_err(poison)?;
         }
         Ok(())

@@ -513,6 +513,7 @@ mod tests {
             metadata: json!({}),
             occurred_at: None,
             recorded_at: Utc.with_ymd_and_hms(2026, 4, 21, 9, 30, 0).unwrap(),
+            data_text: None,
         }
     }
 

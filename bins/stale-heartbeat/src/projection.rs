@@ -271,6 +271,7 @@ mod tests {
             metadata: json!({}),
             occurred_at: None,
             recorded_at: at(secs),
+            data_text: None,
         }
     }
 

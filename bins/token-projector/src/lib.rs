@@ -85,7 +85,7 @@ impl Projection for TokenProjection {
             };
             let u = read_usage(e, &self.prices).map_err(poison)?;
             self.sums
-                .add(&[&e.stream_id, u.agent_id, u.model], &u)
+                .add(&[&e.stream_id, &u.agent_id, &u.model], &u)
                 .map_err(poison)?;
         }
         Ok(())
