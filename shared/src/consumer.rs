@@ -310,6 +310,9 @@ pub struct Consumer<P: Projection> {
     suspect: Option<Suspects>,
     failures_at: Option<(i64, u32)>,
     wake: Arc<Notify>,
+    /// The log's head as the last batch saw it (at its end when it applied something), for the
+    /// head and lag gauges; `None` when that batch read none.
+    head: Option<i64>,
 }
 
 /// Creates the checkpoint row when it does not exist yet (start of log, or head for the notifier).
@@ -337,6 +340,7 @@ impl<P: Projection> Consumer<P> {
             suspect: None,
             failures_at: None,
             wake: Arc::new(Notify::new()),
+            head: None,
         }
     }
 
@@ -357,22 +361,30 @@ impl<P: Projection> Consumer<P> {
     pub async fn run_once(&mut self) -> Result<Outcome, sqlx::Error> {
         let name = self.name();
         let started = Instant::now();
+        self.head = None;
         let mut tx = self.pool.begin().await?;
-        if !self.projection.durable_commit() {
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
-        }
-        let cp = sqlx::query_as::<_, (i64, i64, Option<i64>)>(
-            "SELECT position, epoch, paused_position FROM checkpoints WHERE consumer = $1 FOR UPDATE",
+        // One round trip: the checkpoint row locked, the commit made non-durable where the
+        // projection allows it (`durable_commit`), and the log's head for the lag gauges. At a
+        // steady trickle of appends each batch carries an event or two, so its round trips are
+        // what it costs.
+        let cp = sqlx::query_as::<_, (i64, i64, Option<i64>, Option<i64>)>(
+            "SELECT c.position, c.epoch, c.paused_position, (SELECT max(position) FROM events) \
+             FROM checkpoints c, \
+                  set_config('synchronous_commit', \
+                             CASE WHEN $2 THEN current_setting('synchronous_commit') ELSE 'off' END, true) \
+             WHERE c.consumer = $1 FOR UPDATE OF c",
         )
         .bind(name)
+        .bind(self.projection.durable_commit())
         .fetch_optional(&mut *tx)
         .await?
-        .map(|(position, epoch, paused_position)| Checkpoint {
-            position,
-            epoch,
-            paused_position,
+        .map(|(position, epoch, paused_position, head)| {
+            self.head = Some(head.unwrap_or(0));
+            Checkpoint {
+                position,
+                epoch,
+                paused_position,
+            }
         });
         let Some(cp) = cp else {
             tx.rollback().await?;
@@ -480,23 +492,24 @@ impl<P: Projection> Consumer<P> {
                 return self.failed(tx, cp.position, err, (first, position), applied).await;
             }
         }
-        let moved = sqlx::query(
+        let moved = sqlx::query_scalar::<_, Option<i64>>(
             "UPDATE checkpoints SET position = $2, last_error = NULL, updated_at = now() \
-             WHERE consumer = $1 AND position = $3 AND epoch = $4",
+             WHERE consumer = $1 AND position = $3 AND epoch = $4 \
+             RETURNING (SELECT max(position) FROM events)",
         )
         .bind(name)
         .bind(position)
         .bind(cp.position)
         .bind(cp.epoch)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved != 1 {
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(head) = moved else {
             tx.rollback().await?;
             metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => "fenced").increment(1);
             return Ok(Outcome::Fenced);
-        }
+        };
         tx.commit().await?;
+        self.head = Some(head.unwrap_or(0));
         self.failures_at = None;
         self.projection.after_commit();
         metrics::counter!("rig_consumer_events_total", "consumer" => name).increment(scanned as u64);
@@ -743,7 +756,6 @@ impl<P: Projection> Consumer<P> {
         ensure_checkpoint(&self.pool, info).await?;
         let mut backoff = new_backoff();
         let mut lock_checked = Instant::now();
-        let mut head_checked: Option<Instant> = None;
         loop {
             if shutdown.is_cancelled() {
                 let _ = lock.close().await;
@@ -773,20 +785,25 @@ impl<P: Projection> Consumer<P> {
                 }
                 Err(e) => return Err(e),
             };
-            let refresh_head = head_checked.is_none_or(|t| t.elapsed() > Duration::from_millis(500))
-                || !matches!(outcome, Outcome::Applied { .. });
-            if refresh_head {
-                self.export_head(&outcome).await;
-                head_checked = Some(Instant::now());
-            }
+            // A batch shorter than a chunk read everything committed when it began (outside the
+            // narrowing of a failure, which reads in parts): what came after has notified, and
+            // that notification's permit wakes the wait below at once. So the loop waits instead
+            // of running an empty batch (four round trips) after every small one, which at a
+            // steady trickle of appends doubled the queries per event.
+            let drained = match outcome {
+                Outcome::Applied { events, .. } => (events as i64) < self.cfg.batch_size && self.suspect.is_none(),
+                Outcome::Idle { .. } | Outcome::Paused { .. } => true,
+                Outcome::Fenced | Outcome::Failed { .. } => false,
+            };
+            self.export_head(&outcome).await;
             match outcome {
-                Outcome::Applied { events, .. } if events as i64 >= self.cfg.batch_size => {}
-                Outcome::Applied { .. } | Outcome::Fenced => {}
+                Outcome::Applied { .. } if !drained => {}
+                Outcome::Fenced => {}
                 Outcome::Failed { .. } => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                     sleep_or_cancel(delay, shutdown).await;
                 }
-                Outcome::Idle { .. } | Outcome::Paused { .. } => {
+                Outcome::Applied { .. } | Outcome::Idle { .. } | Outcome::Paused { .. } => {
                     tokio::select! {
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(self.cfg.poll_interval) => {}
@@ -805,10 +822,15 @@ impl<P: Projection> Consumer<P> {
             Outcome::Paused { checkpoint, .. } => Some(*checkpoint),
             _ => None,
         };
-        if let Ok(head) = sqlx::query_scalar::<_, Option<i64>>("SELECT max(position) FROM events")
-            .fetch_one(&self.pool)
-            .await
-        {
+        let head = match self.head {
+            Some(head) => Ok(Some(head)),
+            None => {
+                sqlx::query_scalar::<_, Option<i64>>("SELECT max(position) FROM events")
+                    .fetch_one(&self.pool)
+                    .await
+            }
+        };
+        if let Ok(head) = head {
             let head = head.unwrap_or(0);
             metrics::gauge!("rig_consumer_head_position", "consumer" => name).set(head as f64);
             if let Some(p) = position {
