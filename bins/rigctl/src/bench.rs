@@ -1534,6 +1534,7 @@ async fn append_to_projection_latency(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = JoinSet::new();
     let started = Instant::now();
+    let (token_ticks0, machine0) = (cpu_ticks(token.pid()), machine_ticks());
     for i in 0..total {
         ticker.tick().await;
         let body = append_body(&format!("bench/latency#{}", i % 64 + 1), 1);
@@ -1556,6 +1557,19 @@ async fn append_to_projection_latency(
         });
     }
     let sent_in = started.elapsed().as_secs_f64();
+    // What a steady trickle costs: the projector's own CPU, and how busy the machine was (the
+    // tail of the latency grows as the 2 cores fill up).
+    let token_cpu_pct = match (token_ticks0, cpu_ticks(token.pid())) {
+        (Some(a), Some(b)) => Some(round(
+            100.0 * b.saturating_sub(a) as f64 / clock_ticks_per_second() / sent_in,
+            1,
+        )),
+        _ => None,
+    };
+    let machine_busy_pct = match (machine0, machine_ticks()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some(round(100.0 * (b1 - b0) as f64 / (t1 - t0) as f64, 1)),
+        _ => None,
+    };
     while tasks.join_next().await.is_some() {}
     let acks = std::mem::take(&mut *acks.lock().unwrap_or_else(|e| e.into_inner()));
     let last = acks.iter().map(|(_, p)| *p).max().unwrap_or(0);
@@ -1597,6 +1611,7 @@ async fn append_to_projection_latency(
         "target_rate_per_s": sizes.latency_rate, "achieved_rate_per_s": round(total as f64 / sent_in, 1),
         "warm_up_probes": probes, "warmed_up": warmed_up, "checkpoint_samples": polls, "mean_sample_interval_ms": round(1e3 * sampled_for / polls.max(1) as f64, 3),
         "poll_interval": "default (1s); the projector wakes on ingest's NOTIFY",
+        "token_projector_cpu_pct_of_core": token_cpu_pct, "machine_busy_pct": machine_busy_pct,
         "how": "ack = HTTP 201 received; reflected = first checkpoint sample >= the append's last_position (checkpoint and token_usage commit together)",
     });
     if let Some(e) = c.first_error() {
