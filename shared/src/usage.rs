@@ -91,22 +91,35 @@ impl<'a> Fields<'a> {
             cache_read: count(self.cache_read_tokens, false)?,
             cache_write: count(self.cache_write_tokens, false)?,
         };
-        let (cost_usd, unpriced) = match prices.cost(model, day, tokens) {
+        Some(Usage::priced(agent_id, model, tokens, None, day, prices))
+    }
+}
+
+impl<'e> Usage<'e> {
+    /// The cost rule: the event's own `cost_usd` when given, else the price in force on `day`,
+    /// else 0 flagged `unpriced`.
+    fn priced(
+        agent_id: &'e str,
+        model: &'e str,
+        tokens: Tokens,
+        given: Option<Decimal>,
+        day: NaiveDate,
+        prices: &PriceTable,
+    ) -> Usage<'e> {
+        let (cost_usd, unpriced) = match given.or_else(|| prices.cost(model, day, tokens)) {
             Some(d) => (d, false),
             None => (Decimal::ZERO, true),
         };
-        Some(Usage {
+        Usage {
             agent_id: Cow::Borrowed(agent_id),
             model: Cow::Borrowed(model),
             tokens,
             cost_usd,
             unpriced,
             day,
-        })
+        }
     }
-}
 
-impl Usage<'_> {
     fn into_owned(self) -> Usage<'static> {
         Usage {
             agent_id: Cow::Owned(self.agent_id.into_owned()),
@@ -140,21 +153,7 @@ fn read_fields<'e>(data: &'e Value, day: NaiveDate, prices: &PriceTable) -> Resu
             }
         },
     };
-    let (cost_usd, unpriced) = match given {
-        Some(d) => (d, false),
-        None => match prices.cost(model, day, tokens) {
-            Some(d) => (d, false),
-            None => (Decimal::ZERO, true),
-        },
-    };
-    Ok(Usage {
-        agent_id: Cow::Borrowed(agent_id),
-        model: Cow::Borrowed(model),
-        tokens,
-        cost_usd,
-        unpriced,
-        day,
-    })
+    Ok(Usage::priced(agent_id, model, tokens, given, day, prices))
 }
 
 /// Sums of usages that share a key (a table row): what a batch adds to that row.
