@@ -51,22 +51,18 @@ pub fn read_usage<'e>(event: &'e StoredEvent, prices: &PriceTable) -> Result<Usa
 }
 
 /// The fields of a well-formed `TOKEN_USAGE` data object, borrowed from its text. Unknown
-/// fields are skipped, as `read_fields` ignores them; a repeated field fails the parse.
+/// fields are skipped, as `read_fields` ignores them; a missing one is `None`; a repeated one
+/// fails the parse.
 #[derive(serde::Deserialize)]
 struct Fields<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     agent_id: Option<&'a str>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     model: Option<&'a str>,
-    #[serde(default)]
     input_tokens: Option<i64>,
-    #[serde(default)]
     output_tokens: Option<i64>,
-    #[serde(default)]
     cache_read_tokens: Option<i64>,
-    #[serde(default)]
     cache_write_tokens: Option<i64>,
-    #[serde(default)]
     cost_usd: Option<serde::de::IgnoredAny>,
 }
 

@@ -725,8 +725,9 @@ async fn an_append_wakes_the_projector_through_notify_not_the_poll() {
         .await;
         eprintln!("append {n} visible in token_usage after {:?}", sent.elapsed());
     }
-    // After a small batch the loop waits for the next notification instead of running an empty
-    // batch; the head and lag come with the batch itself, so they are current without the poll.
+    // After a small batch the loop now waits for the next notification instead of running an
+    // empty batch, which used to refresh the gauges: the head and lag must still be current
+    // without the (minute-long) poll, as they come with the batch itself.
     wait_for(
         "the lag gauge at 0 with the head at the last append",
         Duration::from_secs(5),

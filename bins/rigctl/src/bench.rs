@@ -767,12 +767,7 @@ impl Window {
         let tck = clock_ticks_per_second();
         let secs = b.at.duration_since(a.at).as_secs_f64();
         let cpu = |x: Option<u64>, y: Option<u64>| Some(y?.saturating_sub(x?) as f64 / tck);
-        let machine_busy_pct = match (a.machine, b.machine) {
-            (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
-                Some(100.0 * (busy1 - busy0) as f64 / (total1 - total0) as f64)
-            }
-            _ => None,
-        };
+        let machine_busy_pct = busy_pct(a.machine, b.machine);
         Window {
             secs,
             ok: b.ok - a.ok,
@@ -908,11 +903,11 @@ impl WalSyncs {
         })
     }
 
-    /// What the WAL flushes between two snapshots say of `n` commits or requests (`per` names them). `pg_stat_wal` is
-    /// cluster-wide and a backend reports to it about once a second, so this is approximate; it
-    /// tells whether each commit paid for a flush of its own and what a flush costs here, i.e.
-    /// whether the autocommit baseline is bound by fsync (as on the spec's reference machine) or
-    /// by CPU.
+    /// What the WAL flushes between two snapshots say of `n` commits or requests (`per` names
+    /// them). `pg_stat_wal` is cluster-wide and a backend reports to it about once a second, so
+    /// this is approximate; it tells whether each commit paid for a flush of its own and what a
+    /// flush costs here, i.e. whether the autocommit baseline is bound by fsync (as on the spec's
+    /// reference machine) or by CPU.
     fn between(a: Option<WalSyncs>, b: Option<WalSyncs>, n: u64, per: &str, timed: bool) -> Value {
         let (Some(a), Some(b)) = (a, b) else {
             return Value::Null;
@@ -1566,10 +1561,7 @@ async fn append_to_projection_latency(
         )),
         _ => None,
     };
-    let machine_busy_pct = match (machine0, machine_ticks()) {
-        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some(round(100.0 * (b1 - b0) as f64 / (t1 - t0) as f64, 1)),
-        _ => None,
-    };
+    let machine_busy_pct = busy_pct(machine0, machine_ticks()).map(|p| round(p, 1));
     while tasks.join_next().await.is_some() {}
     let acks = std::mem::take(&mut *acks.lock().unwrap_or_else(|e| e.into_inner()));
     let last = acks.iter().map(|(_, p)| *p).max().unwrap_or(0);
@@ -1760,6 +1752,16 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// (busy, total) clock ticks of the whole machine from /proc/stat.
+/// The share of the machine's CPU time that was busy between two `machine_ticks` readings.
+fn busy_pct(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<f64> {
+    match (a, b) {
+        (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
+            Some(100.0 * busy1.saturating_sub(busy0) as f64 / (total1 - total0) as f64)
+        }
+        _ => None,
+    }
+}
+
 fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
