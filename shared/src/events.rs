@@ -1,8 +1,23 @@
 //! The event catalog (SPEC §3): which types exist, which `data` fields each requires, and
 //! validation that says precisely what is wrong. Unknown UPPER_SNAKE types are accepted as
 //! they are: the rig adds types over time and projections ignore what they do not know.
+//!
+//! Every string of an event is checked before anything is written (`validate_event`), whatever
+//! the route it came by (native append, compat body, GitHub webhook). The rules, in one place:
+//! - No string, and no object key, at any depth of `data` or `metadata` holds a NUL character:
+//!   Postgres text and jsonb cannot store one, and the write would fail.
+//! - Identifiers hold at most [`MAX_ID_CHARS`] characters: the value of a top-level key of
+//!   `data` or `metadata` that ends in `_id` (`agent_id`, `correlation_id`, …) or is one of
+//!   [`ID_FIELDS`] (`reviewer`, `model`, `branch`, …), and every object key at any depth. Stream
+//!   ids have their own, stricter rules (`stream_id`), and event types at most 100 characters.
+//! - A title (`title` at the top of `data`) holds at most [`MAX_TITLE_CHARS`] characters.
+//! - Any other string holds at most [`MAX_STRING_BYTES`] bytes (64 KiB).
+//! - `cost_usd` is from 0 to [`MAX_COST_USD`]; token counts from 0 to [`MAX_TOKENS`].
+//!
+//! A refusal names the field by its path (`data.title`, `metadata.trace`, `data.x[1].y`).
 
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -26,12 +41,38 @@ pub const MERGED: &str = "MERGED";
 pub const ISSUE_DONE: &str = "ISSUE_DONE";
 pub const TOKEN_USAGE: &str = "TOKEN_USAGE";
 
-/// The JSON type a `data` field must have.
 /// Most tokens one TOKEN_USAGE event may report for one kind: a trillion, far above any model
 /// call, and low enough that the projectors' bigint sums cannot overflow before millions of such
 /// events (an overflow would stop them at that event).
 pub const MAX_TOKENS: i64 = 1_000_000_000_000;
 
+/// Most USD one event may report in `cost_usd`: far above any model call, and low enough that
+/// no sum of such amounts the projectors keep can outgrow a decimal (~7.9e28).
+pub const MAX_COST_USD: Decimal = Decimal::from_parts(1_000_000, 0, 0, false, 0);
+
+/// Most characters of an identifier (see the module's rules).
+pub const MAX_ID_CHARS: usize = 200;
+/// Most characters of a title.
+pub const MAX_TITLE_CHARS: usize = 1_000;
+/// Most bytes of any one string.
+pub const MAX_STRING_BYTES: usize = 64 * 1024;
+
+/// Top-level keys of `data` and `metadata` whose values are identifiers, besides those ending
+/// in `_id`.
+pub const ID_FIELDS: &[&str] = &[
+    "reviewer",
+    "model",
+    "branch",
+    "merge_sha",
+    "sha",
+    "status",
+    "priority",
+    "current_issue",
+    "actor",
+    "source",
+];
+
+/// The JSON type a `data` field must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// A non-empty string.
@@ -64,7 +105,7 @@ impl Kind {
             Kind::Tokens => "an integer from 0 to 1000000000000",
             Kind::PositiveInt => "an integer >= 1",
             Kind::NonNegNumber => "a number >= 0",
-            Kind::Money => "a decimal amount >= 0 (a number or a string like \"0.30\")",
+            Kind::Money => "a decimal amount from 0 to 1000000 (a number or a string like \"0.30\")",
             Kind::Timestamp => "an RFC 3339 timestamp string",
             Kind::StrOrInt => "a string or an integer",
             Kind::Array => "an array",
@@ -81,7 +122,9 @@ impl Kind {
             Kind::Tokens => v.as_i64().is_some_and(|n| (0..=MAX_TOKENS).contains(&n)),
             Kind::PositiveInt => v.as_u64().is_some_and(|n| n >= 1 && n <= i64::MAX as u64),
             Kind::NonNegNumber => v.as_f64().is_some_and(|n| n >= 0.0 && n.is_finite()),
-            Kind::Money => crate::money::decimal_from_json(v).is_some_and(|d| !d.is_sign_negative()),
+            Kind::Money => {
+                crate::money::decimal_from_json(v).is_some_and(|d| !d.is_sign_negative() && d <= MAX_COST_USD)
+            }
             Kind::Timestamp => v.as_str().is_some_and(|s| DateTime::parse_from_rfc3339(s).is_ok()),
             Kind::StrOrInt => v.is_string() || v.is_i64() || v.is_u64(),
             Kind::Array => v.is_array(),
@@ -167,6 +210,108 @@ pub fn is_upper_snake(s: &str) -> bool {
         && !s.contains("__")
         && s.bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Checks a whole event: its strings (the module's rules), then its type and data. The message
+/// names the field and what is wrong with it.
+pub fn validate_event(event_type: &str, data: &Value, metadata: &Value) -> Result<(), String> {
+    // The type first, as its own message (it also refuses a NUL or a long type).
+    if !is_upper_snake(event_type) {
+        return validate(event_type, data);
+    }
+    check_strings("data", data)?;
+    check_strings("metadata", metadata)?;
+    validate(event_type, data)
+}
+
+/// Where a string sits, for the message: `data.x[1].y`.
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn path(root: &str, steps: &[Step<'_>]) -> String {
+    let mut out = root.to_owned();
+    for s in steps {
+        match s {
+            Step::Key(k) => {
+                out.push('.');
+                out.extend(k.chars().take(MAX_ID_CHARS));
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Checks every string and key of `v` (`data` or `metadata`, named `root`) against the rules.
+pub fn check_strings(root: &str, v: &Value) -> Result<(), String> {
+    let mut steps = Vec::new();
+    walk(v, &mut steps).map_err(|(steps, what)| format!("{}: {what}", path(root, &steps)))
+}
+
+type WalkError<'a> = (Vec<Step<'a>>, String);
+
+fn walk<'a>(v: &'a Value, steps: &mut Vec<Step<'a>>) -> Result<(), WalkError<'a>> {
+    match v {
+        Value::String(s) => {
+            let cap = match steps.as_slice() {
+                [Step::Key(k)] if *k == "title" => Some(MAX_TITLE_CHARS),
+                [Step::Key(k)] if k.ends_with("_id") || ID_FIELDS.contains(k) => Some(MAX_ID_CHARS),
+                _ => None,
+            };
+            check_str(s, cap).map_err(|what| (std::mem::take(steps), what))
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                steps.push(Step::Index(i));
+                walk(item, steps)?;
+                steps.pop();
+            }
+            Ok(())
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                if let Err(what) = check_str(k, Some(MAX_ID_CHARS)) {
+                    let shown: String = k.chars().take(40).filter(|c| *c != '\0').collect();
+                    return Err((std::mem::take(steps), format!("a key ({shown:?}…) {what}")));
+                }
+                steps.push(Step::Key(k));
+                walk(item, steps)?;
+                steps.pop();
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// One identifier outside `data` and `metadata` (`name` says which), by the module's rules.
+pub fn check_id(name: &str, s: &str) -> Result<(), String> {
+    check_str(s, Some(MAX_ID_CHARS)).map_err(|what| format!("{name}: {what}"))
+}
+
+/// One string: no NUL, at most `cap` characters when given, never more than 64 KiB.
+fn check_str(s: &str, cap: Option<usize>) -> Result<(), String> {
+    if s.contains('\0') {
+        return Err("holds a NUL character (\\u0000), which cannot be stored".to_owned());
+    }
+    if s.len() > MAX_STRING_BYTES {
+        return Err(format!(
+            "{} bytes long; a string may hold at most {MAX_STRING_BYTES} bytes (64 KiB)",
+            s.len()
+        ));
+    }
+    if let Some(cap) = cap {
+        // Bytes bound characters from above: count only a string that might be too long.
+        if s.len() > cap {
+            let n = s.chars().count();
+            if n > cap {
+                return Err(format!("{n} characters, longer than {cap} characters"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks an event's type and data. The message names the field and what was expected.
@@ -307,6 +452,62 @@ mod tests {
         let checks = json!({"failed_checks": ["lint", {"name": "test", "url": "https://ci/1"}]});
         assert!(validate("CI_FAILED", &checks).is_ok());
         assert!(validate("CI_FAILED", &json!({"failed_checks": "lint"})).is_err());
+    }
+
+    #[test]
+    fn strings_are_checked_for_nul_and_length_at_every_depth() {
+        let ok = |data: Value, meta: Value| validate_event("SOMETHING_NEW", &data, &meta);
+        let err = |data: Value, meta: Value| ok(data, meta).unwrap_err();
+        assert!(ok(
+            json!({"title": "t".repeat(1000), "agent_id": "a".repeat(200)}),
+            json!({})
+        )
+        .is_ok());
+        assert!(ok(json!({"deep": {"notes": "é".repeat(MAX_STRING_BYTES / 2)}}), json!({})).is_ok());
+        let e = err(json!({"x": [1, {"y": "a\0b"}]}), json!({}));
+        assert!(e.starts_with("data.x[1].y: holds a NUL character"), "{e}");
+        let e = err(json!({}), json!({"k": {"a\0": 1}}));
+        assert!(e.starts_with("metadata.k: a key"), "{e}");
+        let e = err(json!({"title": "t".repeat(1001)}), json!({}));
+        assert_eq!(e, "data.title: 1001 characters, longer than 1000 characters");
+        // Characters, not bytes: 200 two-byte characters are an id of 200.
+        assert!(ok(json!({"agent_id": "é".repeat(200)}), json!({})).is_ok());
+        let e = err(json!({}), json!({"correlation_id": "c".repeat(201)}));
+        assert!(e.starts_with("metadata.correlation_id: 201 characters"), "{e}");
+        let e = err(json!({"reviewer": "r".repeat(201)}), json!({}));
+        assert!(e.starts_with("data.reviewer"), "{e}");
+        // An id only at the top: deeper, the same key is any string.
+        assert!(ok(json!({"nested": {"agent_id": "a".repeat(201)}}), json!({})).is_ok());
+        let e = err(json!({"notes": "n".repeat(MAX_STRING_BYTES + 1)}), json!({}));
+        assert!(e.starts_with("data.notes: 65537 bytes long"), "{e}");
+        let e = err(json!({"k".repeat(201): 1}), json!({}));
+        assert!(e.starts_with("data: a key"), "{e}");
+        // The catalog's own checks still run after the strings'.
+        assert!(validate_event("ISSUE_ASSIGNED", &json!({}), &json!({})).is_err());
+        let e = validate_event("BAD\0TYPE", &json!({}), &json!({})).unwrap_err();
+        assert!(e.starts_with("type "), "{e}");
+    }
+
+    #[test]
+    fn cost_usd_is_bounded_at_a_million() {
+        let usage = |cost: Value| json!({"agent_id": "a", "model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": cost});
+        for good in [json!(0), json!(1_000_000), json!("1000000.000"), json!(0.3)] {
+            assert!(validate("TOKEN_USAGE", &usage(good.clone())).is_ok(), "{good}");
+        }
+        for bad in [
+            json!(1e28),
+            json!("1e28"),
+            json!(1_000_000.5),
+            json!(-1),
+            json!("-0.01"),
+            json!(1e300),
+        ] {
+            let e = validate("TOKEN_USAGE", &usage(bad.clone())).unwrap_err();
+            assert!(
+                e.contains("data.cost_usd must be a decimal amount from 0 to 1000000"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

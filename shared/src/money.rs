@@ -120,15 +120,53 @@ impl PriceTable {
         self.by_model.get(model)?.iter().rev().find(|p| p.effective_from <= day)
     }
 
-    /// Cost of the tokens at the price in force on `day`, exactly; `None` when unpriced.
-    pub fn cost(&self, model: &str, day: NaiveDate, t: Tokens) -> Option<Decimal> {
-        let p = self.price_on(model, day)?;
-        let per_token = Decimal::from(t.input) * p.input_per_mtok
-            + Decimal::from(t.output) * p.output_per_mtok
-            + Decimal::from(t.cache_read) * p.cache_read_per_mtok
-            + Decimal::from(t.cache_write) * p.cache_write_per_mtok;
-        Some(per_token / Decimal::from(1_000_000))
+    /// Cost of the tokens at the price in force on `day`, exactly; `Ok(None)` when unpriced, an
+    /// error when the amount outgrows a decimal (counts no event can carry, or absurd prices).
+    pub fn cost(&self, model: &str, day: NaiveDate, t: Tokens) -> Result<Option<Decimal>, String> {
+        let Some(p) = self.price_on(model, day) else {
+            return Ok(None);
+        };
+        let term = |n: i64, per_mtok: Decimal| Decimal::from(n).checked_mul(per_mtok);
+        let per_token = [
+            (t.input, p.input_per_mtok),
+            (t.output, p.output_per_mtok),
+            (t.cache_read, p.cache_read_per_mtok),
+            (t.cache_write, p.cache_write_per_mtok),
+        ]
+        .into_iter()
+        .try_fold(Decimal::ZERO, |sum, (n, price)| sum.checked_add(term(n, price)?));
+        per_token
+            .and_then(|d| d.checked_div(Decimal::from(1_000_000)))
+            .map(Some)
+            .ok_or_else(|| format!("the cost of these tokens at the price of {model} outgrows a decimal"))
     }
+}
+
+/// A `numeric` column read as its text (`SELECT cost_usd::text AS cost_usd`), to become a
+/// `Decimal` with `#[sqlx(try_from = "shared::money::NumericText")]`.
+///
+/// sqlx's own decoding of `numeric` into `Decimal` panics on some values a `numeric` holds but a
+/// decimal cannot (beyond ~7.9e28), which took the whole request down with the connection. Read
+/// as text, such a value is a decode error instead: a logged 500 for that request alone. Digits
+/// past the 28 a decimal keeps after the point are rounded, as a decimal would.
+#[derive(Debug, Clone, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct NumericText(pub String);
+
+impl TryFrom<NumericText> for Decimal {
+    type Error = String;
+
+    fn try_from(t: NumericText) -> Result<Decimal, String> {
+        Decimal::from_str(t.0.trim()).map_err(|e| {
+            let shown: String = t.0.chars().take(60).collect();
+            format!("the stored amount {shown} does not fit a decimal (at most ~7.9e28): {e}")
+        })
+    }
+}
+
+/// Adds amounts, or says that the sum outgrows a decimal.
+pub fn checked_sum(amounts: impl IntoIterator<Item = Decimal>) -> Option<Decimal> {
+    amounts.into_iter().try_fold(Decimal::ZERO, |a, b| a.checked_add(b))
 }
 
 #[cfg(test)]
@@ -192,7 +230,37 @@ mod tests {
             input: 1,
             ..Default::default()
         };
-        assert_eq!(t.cost("m", d("2025-10-02"), tokens).unwrap().to_string(), "0.000002");
-        assert!(t.cost("other", d("2025-10-02"), tokens).is_none());
+        assert_eq!(
+            t.cost("m", d("2025-10-02"), tokens).unwrap().unwrap().to_string(),
+            "0.000002"
+        );
+        assert!(t.cost("other", d("2025-10-02"), tokens).unwrap().is_none());
+        // Counts no event can carry at an absurd price: an error, never a panic.
+        let huge = PriceTable::new(&[Price {
+            input_per_mtok: Decimal::MAX,
+            ..p("2025-09-01", "1")
+        }]);
+        let many = Tokens {
+            input: i64::MAX,
+            ..Default::default()
+        };
+        assert!(huge.cost("m", d("2025-10-02"), many).is_err());
+    }
+
+    #[test]
+    fn stored_amounts_read_as_text_never_panic() {
+        let read = |s: &str| Decimal::try_from(NumericText(s.to_owned()));
+        assert_eq!(read("0.30").unwrap().to_string(), "0.30");
+        assert_eq!(
+            read("50000000000000000000000000000").unwrap().to_string(),
+            "50000000000000000000000000000"
+        );
+        assert!(read("1000000000000000000000000000000").is_err());
+        assert!(read("NaN").is_err());
+        // More digits after the point than a decimal keeps: rounded, not refused.
+        let long = read("1000000.00000000000000000000000000001").unwrap();
+        assert_eq!(long, Decimal::from(1_000_000));
+        assert!(checked_sum([Decimal::MAX, Decimal::ONE]).is_none());
+        assert_eq!(checked_sum([Decimal::ONE, Decimal::TWO]), Some(Decimal::from(3)));
     }
 }

@@ -7,7 +7,7 @@
 //! `recorded_at`. Data that cannot be read (wrong types that bypassed ingest's validation) is an
 //! error naming the field: the caller treats the event as poison, never as zero.
 
-use crate::events::StoredEvent;
+use crate::events::{StoredEvent, MAX_COST_USD};
 use crate::money::{decimal_from_json, PriceTable, Tokens};
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
@@ -87,7 +87,7 @@ impl<'a> Fields<'a> {
             cache_read: count(self.cache_read_tokens, false)?,
             cache_write: count(self.cache_write_tokens, false)?,
         };
-        Some(Usage::priced(agent_id, model, tokens, None, day, prices))
+        Usage::priced(agent_id, model, tokens, None, day, prices).ok()
     }
 }
 
@@ -101,19 +101,25 @@ impl<'e> Usage<'e> {
         given: Option<Decimal>,
         day: NaiveDate,
         prices: &PriceTable,
-    ) -> Usage<'e> {
-        let (cost_usd, unpriced) = match given.or_else(|| prices.cost(model, day, tokens)) {
+    ) -> Result<Usage<'e>, String> {
+        let priced = match given {
+            Some(d) => Some(d),
+            None => prices
+                .cost(model, day, tokens)
+                .map_err(|e| format!("TOKEN_USAGE: {e}"))?,
+        };
+        let (cost_usd, unpriced) = match priced {
             Some(d) => (d, false),
             None => (Decimal::ZERO, true),
         };
-        Usage {
+        Ok(Usage {
             agent_id: Cow::Borrowed(agent_id),
             model: Cow::Borrowed(model),
             tokens,
             cost_usd,
             unpriced,
             day,
-        }
+        })
     }
 
     fn into_owned(self) -> Usage<'static> {
@@ -140,16 +146,19 @@ fn read_fields<'e>(data: &'e Value, day: NaiveDate, prices: &PriceTable) -> Resu
     };
     let given = match data.get("cost_usd") {
         None | Some(Value::Null) => None,
+        // The bound ingest holds to; an event stored before it held is poison, not a sum that
+        // no longer decodes.
         Some(v) => match decimal_from_json(v) {
-            Some(d) if !d.is_sign_negative() => Some(d),
+            Some(d) if !d.is_sign_negative() && d <= MAX_COST_USD => Some(d),
             _ => {
                 return Err(format!(
-                    "TOKEN_USAGE: data.cost_usd must be a decimal amount >= 0, found {v}"
+                    "TOKEN_USAGE: data.cost_usd must be a decimal amount from 0 to {MAX_COST_USD}, found {}",
+                    short(v)
                 ))
             }
         },
     };
-    Ok(Usage::priced(agent_id, model, tokens, given, day, prices))
+    Usage::priced(agent_id, model, tokens, given, day, prices)
 }
 
 /// Sums of usages that share a key (a table row): what a batch adds to that row.
@@ -176,8 +185,8 @@ impl Totals {
             .cost_usd
             .checked_add(u.cost_usd)
             .ok_or_else(|| "TOKEN_USAGE: cost_usd overflows the decimal total".to_owned())?;
-        self.events += 1;
-        self.unpriced_events += i64::from(u.unpriced);
+        self.events = sum(self.events, 1, "events")?;
+        self.unpriced_events = sum(self.unpriced_events, i64::from(u.unpriced), "unpriced events")?;
         Ok(())
     }
 }
@@ -383,6 +392,9 @@ mod tests {
         assert!(bad(json!({"agent_id": 5, "model": "m", "input_tokens": 1, "output_tokens": 1})).contains("agent_id"));
         let e = bad(json!({"agent_id": "a", "model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": "-1"}));
         assert!(e.contains("cost_usd"), "{e}");
+        // Above the bound ingest holds to (an event stored before it held): poison, not a sum.
+        let e = bad(json!({"agent_id": "a", "model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": 1e28}));
+        assert!(e.contains("cost_usd must be a decimal amount from 0 to 1000000"), "{e}");
         assert!(bad(json!({"agent_id": "a", "model": "m", "input_tokens": -1, "output_tokens": 1})).contains(">= 0"));
         assert!(bad(json!([1])).contains("not a JSON object"));
     }
@@ -410,6 +422,7 @@ mod tests {
             r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "cost_usd": "0.30"}"#,
             r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "cost_usd": null}"#,
             r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "cost_usd": "-1"}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "cost_usd": 1e28}"#,
             r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "agent_id": "b"}"#,
             r#"{"model": "m", "agent_id": "", "input_tokens": 1, "output_tokens": 1}"#,
             r#"{"model": "m", "agent_id": null, "input_tokens": 1, "output_tokens": 1}"#,

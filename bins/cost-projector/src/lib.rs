@@ -142,7 +142,8 @@ impl Projection for CostProjection {
                 cost.push(t.cost_usd);
                 counts.push(t.events);
                 unpriced.push(t.unpriced_events);
-                unpriced_total += t.unpriced_events;
+                // Only a metric: saturating is enough (each row's count is checked in `Totals`).
+                unpriced_total = unpriced_total.saturating_add(t.unpriced_events);
             }
         }
         sqlx::query(UPSERT)

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use shared::events::{self, StoredEvent, EVENT_COLUMNS};
@@ -68,8 +68,100 @@ pub fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Resu
     })
 }
 
+/// A body as JSON. An object with a repeated key is refused: serde_json would keep the last
+/// value silently, so `{"expected_version": 5, "expected_version": 0}` would mean whatever the
+/// last writer of the body chose, and two readers of it could disagree.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    Strict
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))
+}
+
+/// Builds a `Value` as serde_json's own deserializer does, except that an object with a
+/// repeated key is an error naming the key. The map is checked by the insert it makes anyway,
+/// so this costs nothing over `serde_json::from_slice`.
+#[derive(Clone, Copy)]
+struct Strict;
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // JSON has no NaN or infinity, so this is never null for a parsed body.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(v) = seq.next_element_seed(self)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match out.entry(key) {
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(map.next_value_seed(self)?);
+                }
+                serde_json::map::Entry::Occupied(slot) => {
+                    let shown: String = slot.key().chars().take(100).collect();
+                    return Err(serde::de::Error::custom(format_args!(
+                        "the key {shown:?} appears twice in one object; send each key once"
+                    )));
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 pub fn parse_stream_id(s: &str) -> Result<StreamId, ApiError> {
@@ -149,7 +241,12 @@ fn parse_event(e: Value) -> Result<NewEvent, String> {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(d) => d,
     };
-    events::validate(&event_type, &data)?;
+    let metadata = match o.remove("metadata") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(m @ Value::Object(_)) => m,
+        Some(_) => return Err("metadata must be a JSON object".into()),
+    };
+    events::validate_event(&event_type, &data, &metadata)?;
     let (event_id, id_from_client) = match o.remove("id") {
         // Time-ordered (v7): consecutive appends then land on the same few pages of the
         // event_id index instead of one random page each.
@@ -159,11 +256,6 @@ fn parse_event(e: Value) -> Result<NewEvent, String> {
             true,
         ),
         Some(_) => return Err("id must be a UUID string".into()),
-    };
-    let metadata = match o.remove("metadata") {
-        None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(m @ Value::Object(_)) => m,
-        Some(_) => return Err("metadata must be a JSON object".into()),
     };
     let occurred_at = match o.remove("occurred_at") {
         None | Some(Value::Null) => None,
@@ -449,10 +541,17 @@ pub struct UsageRow {
     pub output_tokens: i64,
     pub cache_read_tokens: i64,
     pub cache_write_tokens: i64,
+    /// Read as text (`USAGE_COLUMNS`): a stored sum too large for a decimal is then an error
+    /// for this request, never a panic.
     #[serde(serialize_with = "shared::money::serialize_exact")]
+    #[sqlx(try_from = "shared::money::NumericText")]
     pub cost_usd: Decimal,
     pub events: i64,
 }
+
+/// The columns of `token_usage` as `UsageRow` reads them.
+const USAGE_COLUMNS: &str = "stream_id, agent_id, model, input_tokens, output_tokens, cache_read_tokens, \
+     cache_write_tokens, cost_usd::text AS cost_usd, events";
 
 /// The sums of the usage rows an answer lists.
 #[derive(Debug, Default, Serialize)]
@@ -474,29 +573,37 @@ struct UsageAnswer {
     total: UsageTotal,
 }
 
+/// The sums of `rows`, every one checked: `None` when one outgrows its type.
+fn usage_total(rows: &[UsageRow]) -> Option<UsageTotal> {
+    rows.iter().try_fold(UsageTotal::default(), |t, r| {
+        Some(UsageTotal {
+            input_tokens: t.input_tokens.checked_add(r.input_tokens)?,
+            output_tokens: t.output_tokens.checked_add(r.output_tokens)?,
+            cache_read_tokens: t.cache_read_tokens.checked_add(r.cache_read_tokens)?,
+            cache_write_tokens: t.cache_write_tokens.checked_add(r.cache_write_tokens)?,
+            cost_usd: t.cost_usd.checked_add(r.cost_usd)?,
+            events: t.events.checked_add(r.events)?,
+        })
+    })
+}
+
 /// `GET /v1/usage?stream_id=…|agent_id=…`: token usage (token-projector's table).
 pub async fn usage(State(state): State<AppState>, ApiQuery(q): ApiQuery<UsageQuery>) -> Result<Response, ApiError> {
     let sid = match &q.stream_id {
         Some(s) => Some(parse_stream_id(s)?.to_string()),
         None => None,
     };
-    let rows: Vec<UsageRow> = sqlx::query_as(
-        "SELECT * FROM token_usage WHERE ($1::text IS NULL OR stream_id = $1) AND ($2::text IS NULL OR agent_id = $2) \
-         ORDER BY stream_id, agent_id, model LIMIT 10000",
-    )
+    let rows: Vec<UsageRow> = sqlx::query_as(&format!(
+        "SELECT {USAGE_COLUMNS} FROM token_usage WHERE ($1::text IS NULL OR stream_id = $1) AND ($2::text IS NULL OR agent_id = $2) \
+         ORDER BY stream_id, agent_id, model LIMIT 10000"
+    ))
     .bind(&sid)
     .bind(&q.agent_id)
     .fetch_all(&state.pool)
     .await?;
-    let total = rows.iter().fold(UsageTotal::default(), |mut t, r| {
-        t.input_tokens += r.input_tokens;
-        t.output_tokens += r.output_tokens;
-        t.cache_read_tokens += r.cache_read_tokens;
-        t.cache_write_tokens += r.cache_write_tokens;
-        t.cost_usd += r.cost_usd;
-        t.events += r.events;
-        t
-    });
+    let total = usage_total(&rows).ok_or_else(|| {
+        ApiError::Internal("the usage rows add up to more than a total can hold; the stored sums need repair".into())
+    })?;
     Ok(Json(UsageAnswer { usage: rows, total }).into_response())
 }
 
@@ -517,10 +624,15 @@ pub struct DailyCostRow {
     pub cache_read_tokens: i64,
     pub cache_write_tokens: i64,
     #[serde(serialize_with = "shared::money::serialize_exact")]
+    #[sqlx(try_from = "shared::money::NumericText")]
     pub cost_usd: Decimal,
     pub events: i64,
     pub unpriced_events: i64,
 }
+
+/// The columns of `daily_cost` as `DailyCostRow` reads them (money as text, as in `UsageRow`).
+const DAILY_COST_COLUMNS: &str = "day, repo, agent_id, model, input_tokens, output_tokens, cache_read_tokens, \
+     cache_write_tokens, cost_usd::text AS cost_usd, events, unpriced_events";
 
 #[derive(Serialize)]
 struct DailyCostAnswer {
@@ -536,17 +648,52 @@ pub async fn daily_costs(
     ApiQuery(q): ApiQuery<CostQuery>,
 ) -> Result<Response, ApiError> {
     let days = int_param("days", q.days.as_deref(), 1, 3660)?.map_or(7, |d| d as i32);
-    let rows: Vec<DailyCostRow> = sqlx::query_as(
-        "SELECT * FROM daily_cost WHERE day > (now() AT TIME ZONE 'UTC')::date - $1 ORDER BY day, repo, agent_id, model",
-    )
+    let rows: Vec<DailyCostRow> = sqlx::query_as(&format!(
+        "SELECT {DAILY_COST_COLUMNS} FROM daily_cost WHERE day > (now() AT TIME ZONE 'UTC')::date - $1 \
+         ORDER BY day, repo, agent_id, model"
+    ))
     .bind(days)
     .fetch_all(&state.pool)
     .await?;
-    let total_cost_usd: Decimal = rows.iter().map(|r| r.cost_usd).sum();
+    let total_cost_usd = shared::money::checked_sum(rows.iter().map(|r| r.cost_usd)).ok_or_else(|| {
+        ApiError::Internal("the daily costs add up to more than a total can hold; the stored sums need repair".into())
+    })?;
     Ok(Json(DailyCostAnswer {
         days,
         costs: rows,
         total_cost_usd,
     })
     .into_response())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_parse_as_serde_json_does_but_refuse_repeated_keys() {
+        let same = [
+            r#"{"a":1,"b":[true,null,-2,3.5,"s\u00e9"],"c":{"d":{}},"e":18446744073709551615}"#,
+            r#"[{"a":1},{"a":2}]"#,
+            r#""plain""#,
+            r#"{"k":{"a":1},"k2":{"a":1}}"#,
+        ];
+        for text in same {
+            let expected: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(parse_json(text.as_bytes()).unwrap(), expected, "{text}");
+        }
+        for (text, key) in [
+            (r#"{"a":1,"a":2}"#, "\"a\""),
+            (r#"{"x":[{"k":1,"k":1}]}"#, "\"k\""),
+            (r#"{"o":{"deep":{"z":0,"y":1,"z":2}}}"#, "\"z\""),
+        ] {
+            let Err(ApiError::MalformedJson(detail)) = parse_json(text.as_bytes()) else {
+                panic!("{text} was accepted");
+            };
+            assert!(detail.contains(&format!("the key {key} appears twice")), "{detail}");
+        }
+        assert!(parse_json(b"{\"a\":1} trailing").is_err());
+        assert!(parse_json(b"{\"a\":").is_err());
+    }
 }

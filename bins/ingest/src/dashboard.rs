@@ -166,13 +166,26 @@ pub async fn page(State(state): State<AppState>, Query(q): Query<DashboardQuery>
     let params = Params::from_query(q);
     let threshold = state.settings.stale_heartbeat.threshold;
     match load(&state.pool, &params).await {
-        Ok(data) => html_response(StatusCode::OK, render(&params, &data, threshold)),
-        Err(e) => {
+        Ok(data) if sums_fit(&data) => html_response(StatusCode::OK, render(&params, &data, threshold)),
+        Ok(_) => crate::error::ApiError::Internal(
+            "the dashboard's cost rows add up to more than a decimal holds; the stored sums need repair".into(),
+        )
+        .into_response(),
+        Err(e) if shared::db::is_transient(&e) => {
             // The page says only that the database is unavailable: SQL text stays in the log.
             tracing::warn!(error = %e, "dashboard query failed");
             html_response(StatusCode::SERVICE_UNAVAILABLE, render_unavailable(&params))
         }
+        // Not the database's weather (a stored value that cannot be read, say): a logged 500,
+        // as the API answers it.
+        Err(e) => crate::error::ApiError::Database(e).into_response(),
     }
+}
+
+/// Whether every sum the page makes of the cost rows fits a decimal: the sum of their sizes
+/// bounds every partial sum (per series, per day, in total), so rendering cannot overflow.
+fn sums_fit(d: &Data) -> bool {
+    shared::money::checked_sum(d.costs.iter().map(|r| r.cost_usd.abs())).is_some()
 }
 
 fn html_response(status: StatusCode, body: String) -> Response {
@@ -218,6 +231,8 @@ struct AgentRow {
 struct CostRow {
     day: NaiveDate,
     key: String,
+    /// Money is read as text (`::text`), so a sum too large for a decimal is an error, not a panic.
+    #[sqlx(try_from = "shared::money::NumericText")]
     cost_usd: Decimal,
 }
 
@@ -230,6 +245,7 @@ struct TokenRow {
     output_tokens: i64,
     cache_read_tokens: i64,
     cache_write_tokens: i64,
+    #[sqlx(try_from = "shared::money::NumericText")]
     cost_usd: Decimal,
     events: i64,
 }
@@ -279,7 +295,7 @@ async fn load(pool: &PgPool, p: &Params) -> Result<Data, sqlx::Error> {
     .fetch_all(pool);
     let cost_key = if p.by_repo { "repo" } else { "agent_id" };
     let cost_sql = format!(
-        "SELECT day, {cost_key} AS key, sum(cost_usd) AS cost_usd FROM daily_cost \
+        "SELECT day, {cost_key} AS key, sum(cost_usd)::text AS cost_usd FROM daily_cost \
          WHERE day > (now() AT TIME ZONE 'UTC')::date - $1::int AND day <= (now() AT TIME ZONE 'UTC')::date \
          GROUP BY 1, 2 ORDER BY 1, 2 LIMIT 5000"
     );
@@ -291,7 +307,7 @@ async fn load(pool: &PgPool, p: &Params) -> Result<Data, sqlx::Error> {
         "SELECT stream_id, string_agg(DISTINCT agent_id, ', ') AS agents, string_agg(DISTINCT model, ', ') AS models, \
                 sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens, \
                 sum(cache_read_tokens)::bigint AS cache_read_tokens, sum(cache_write_tokens)::bigint AS cache_write_tokens, \
-                sum(cost_usd) AS cost_usd, sum(events)::bigint AS events \
+                sum(cost_usd)::text AS cost_usd, sum(events)::bigint AS events \
          FROM token_usage WHERE stream_id NOT LIKE 'agent:%' \
          GROUP BY stream_id ORDER BY sum(cost_usd) DESC, sum(input_tokens + output_tokens) DESC, stream_id LIMIT $1",
     )

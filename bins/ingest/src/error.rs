@@ -12,7 +12,10 @@ pub enum ApiError {
     MalformedJson(String),
     InvalidRequest(String),
     InvalidStreamId(String),
-    InvalidEvent { index: usize, detail: String },
+    InvalidEvent {
+        index: usize,
+        detail: String,
+    },
     TooManyEvents(usize),
     BodyTooLarge(usize),
     Unauthorized(&'static str),
@@ -20,6 +23,9 @@ pub enum ApiError {
     Append(AppendError),
     Database(sqlx::Error),
     BadSignature(&'static str),
+    /// Something that should not happen, such as stored data that cannot be read: logged with
+    /// its detail, answered 500 without it.
+    Internal(String),
 }
 
 impl From<AppendError> for ApiError {
@@ -81,7 +87,27 @@ impl ApiError {
                 AppendError::Unavailable(_) => unavailable(),
                 AppendError::Internal(d) => (StatusCode::INTERNAL_SERVER_ERROR, body("internal", d.clone())),
             },
+            Internal(d) => {
+                tracing::error!(detail = %d, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    body(
+                        "internal",
+                        "the server could not answer this request; see its log".into(),
+                    ),
+                )
+            }
             Database(e) if shared::db::is_transient(e) => unavailable(),
+            Database(e @ (sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_))) => {
+                tracing::error!(error = %e, "a stored value could not be read");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    body(
+                        "internal",
+                        "a stored value could not be read; the server's log names it".into(),
+                    ),
+                )
+            }
             Database(e) => {
                 tracing::error!(error = %e, "database error");
                 (

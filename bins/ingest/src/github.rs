@@ -558,6 +558,10 @@ async fn handle(
 
     let payload = parse_payload(headers, &bytes)?;
     let action = str_at(&payload, "/action");
+    // The action is recorded with the delivery, whatever it maps to: held to the rules of an id.
+    if let Some(a) = action {
+        events::check_id("action", a).map_err(|e| ApiError::InvalidRequest(format!("the payload's {e}")))?;
+    }
     let answer = |status, outcome, fields: Value| {
         let mut body = json!({"status": outcome, "delivery": delivery, "event": event, "action": action});
         if let (Some(b), Value::Object(f)) = (body.as_object_mut(), fields) {
@@ -610,7 +614,7 @@ async fn handle(
             data.entry("pr_number").or_insert(json!(pr));
         }
         let data = Value::Object(data);
-        events::validate(draft.event_type, &data)
+        events::validate_event(draft.event_type, &data, &metadata)
             .map_err(|detail| ApiError::InvalidRequest(format!("the payload maps to an invalid event: {detail}")))?;
         let append = Append {
             stream: stream.clone(),

@@ -173,6 +173,7 @@ impl Writer {
         // finds the series missing before the first append or the first conflict.
         metrics::counter!("rig_ingest_events_appended_total").increment(0);
         metrics::counter!("rig_ingest_idempotent_retries_total").increment(0);
+        metrics::counter!("rig_ingest_batch_splits_total").increment(0);
         for kind in ["wrong_expected_version", "duplicate_event_id", "already_assigned"] {
             metrics::counter!("rig_ingest_conflicts_total", "kind" => kind).increment(0);
         }
@@ -181,6 +182,11 @@ impl Writer {
         tokio::spawn(writer_loop(pool.clone(), rx, durable_tx, max_batch));
         tokio::spawn(flusher_loop(pool, durable_rx));
         Writer { tx }
+    }
+
+    /// Requests waiting for the writer (not yet taken into a batch).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     pub async fn append(&self, append: Append) -> Result<AppendOk, AppendError> {
@@ -237,6 +243,18 @@ async fn connection<'c>(
     Ok(conn.as_mut().expect("just set"))
 }
 
+/// Ends the failed transaction of a connection that is otherwise sound (the database refused a
+/// statement), keeping the connection; drops it when even that fails.
+async fn roll_back(conn: &mut Option<PoolConnection<Postgres>>) {
+    if let Some(c) = conn.as_mut() {
+        let done = tokio::time::timeout(Duration::from_secs(1), sqlx::Executor::execute(&mut **c, "ROLLBACK")).await;
+        if matches!(done, Ok(Ok(_))) {
+            return;
+        }
+    }
+    discard(conn).await;
+}
+
 /// Drops a connection that failed: it may be broken or mid-transaction.
 async fn discard(conn: &mut Option<PoolConnection<Postgres>>) {
     if let Some(c) = conn.take() {
@@ -247,45 +265,44 @@ async fn discard(conn: &mut Option<PoolConnection<Postgres>>) {
 /// Commits one batch; returns the jobs to run in the next batch (they reuse ids that an earlier
 /// job of this batch writes, so they can only be judged once those rows exist).
 ///
-/// A non-transient database error fails a whole transaction; so that one request's failure
-/// never fails the others, such a batch is retried one request per transaction.
+/// A non-transient database error fails a whole transaction, yet it is one request's doing
+/// (validation refuses what it can foresee; this is for what slips through). So that it never
+/// fails the others, such a batch is split in halves, each committed on its own, and a half that
+/// fails again is split again, until the request that fails is alone and is answered 500. One bad
+/// request in a batch of n costs about 2·log2(n) extra transactions, where retrying each request
+/// alone cost n: under a stream of bad requests the others keep their group commit. The halves
+/// run in arrival order, so each request is still judged after those that arrived before it.
 async fn commit_batch(
     pool: &PgPool,
     conn: &mut Option<PoolConnection<Postgres>>,
     durable: &mpsc::Sender<Answers>,
     batch: Vec<Job>,
 ) -> Vec<Job> {
-    let result = match connection(pool, conn).await {
-        Ok(c) => try_commit_batch(c, &batch).await,
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(decided) => reply_all(batch, decided, durable).await,
-        Err(e) if batch.len() > 1 && !is_transient(&e) => {
-            tracing::warn!(error = %e, requests = batch.len(), "batch failed; retrying each request alone");
-            discard(conn).await;
-            let mut carry = Vec::new();
-            for job in batch {
-                let result = match connection(pool, conn).await {
-                    Ok(c) => try_commit_batch(c, std::slice::from_ref(&job)).await,
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok(decided) => carry.extend(reply_all(vec![job], decided, durable).await),
-                    Err(e) => {
-                        discard(conn).await;
-                        fail_all(vec![job], &e)
-                    }
-                }
+    let mut carry = Vec::new();
+    // Parts still to commit, the next one last.
+    let mut parts = vec![batch];
+    while let Some(mut part) = parts.pop() {
+        let result = match connection(pool, conn).await {
+            Ok(c) => try_commit_batch(c, &part).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(decided) => carry.extend(reply_all(part, decided, durable).await),
+            Err(e) if part.len() > 1 && !is_transient(&e) => {
+                tracing::warn!(error = %e, requests = part.len(), "batch failed; splitting it to isolate the request at fault");
+                metrics::counter!("rig_ingest_batch_splits_total").increment(1);
+                roll_back(conn).await;
+                let second = part.split_off(part.len() / 2);
+                parts.push(second);
+                parts.push(part);
             }
-            carry
-        }
-        Err(e) => {
-            discard(conn).await;
-            fail_all(batch, &e);
-            Vec::new()
+            Err(e) => {
+                discard(conn).await;
+                fail_all(part, &e);
+            }
         }
     }
+    carry
 }
 
 /// Hands a decided batch's answers to the flusher; returns the jobs to carry to the next batch.

@@ -427,7 +427,7 @@ impl Sim {
                 cache_read,
                 cache_write,
             };
-            if let Some(cost) = self.prices.cost(model, Utc::now().date_naive(), tokens) {
+            if let Some(cost) = self.prices.cost(model, Utc::now().date_naive(), tokens).ok().flatten() {
                 // Agents that report a cost round it, as billing APIs do.
                 data["cost_usd"] = json!(cost.round_dp(6).normalize().to_string());
             }
