@@ -171,14 +171,16 @@ pub async fn page(State(state): State<AppState>, Query(q): Query<DashboardQuery>
             "the dashboard's cost rows add up to more than a decimal holds; the stored sums need repair".into(),
         )
         .into_response(),
-        Err(e) if shared::db::is_transient(&e) => {
+        // A stored value that cannot be read is no outage that retrying mends: a logged 500, as
+        // the API answers it.
+        Err(e @ (sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_))) => {
+            crate::error::ApiError::Database(e).into_response()
+        }
+        Err(e) => {
             // The page says only that the database is unavailable: SQL text stays in the log.
             tracing::warn!(error = %e, "dashboard query failed");
             html_response(StatusCode::SERVICE_UNAVAILABLE, render_unavailable(&params))
         }
-        // Not the database's weather (a stored value that cannot be read, say): a logged 500,
-        // as the API answers it.
-        Err(e) => crate::error::ApiError::Database(e).into_response(),
     }
 }
 
