@@ -20,6 +20,7 @@ fn expected_figures() -> Vec<String> {
     let mut names: Vec<String> = [
         "append_single_http_64",
         "append_single_http_64_vs_http_ceiling",
+        "append_single_http_64_with_4_hostile",
         "append_batch500_http_4",
         "claims_http_64x32",
         "claim_conflicts_http_64x32",
@@ -87,6 +88,7 @@ async fn bench_quick_reports_every_figure_with_baseline_and_ratio_and_drops_its_
         "raw_insert_autocommit_8",
         "raw_insert_autocommit_8_latency",
         "http_refused_64",
+        "append_single_http_64_without_hostile",
         "raw_insert_100row_8",
         "raw_read_seq",
     ] {
@@ -103,6 +105,24 @@ async fn bench_quick_reports_every_figure_with_baseline_and_ratio_and_drops_its_
     let ceiling = baselines.iter().find(|b| b["name"] == "http_refused_64").unwrap();
     assert_eq!(ceiling["detail"]["errors"], 0, "{ceiling}");
     assert!(ceiling["value"].as_f64().unwrap() > 0.0, "{ceiling}");
+
+    // The hostile phase: every hostile body was refused as it should be, and no honest append
+    // failed meanwhile.
+    let figures = r["figures"].as_array().unwrap();
+    let hostile = figures
+        .iter()
+        .find(|f| f["name"] == "append_single_http_64_with_4_hostile")
+        .unwrap_or_else(|| panic!("no hostile figure: {r}"));
+    assert_eq!(hostile["detail"]["errors"], 0, "{hostile}");
+    assert!(
+        hostile["detail"]["hostile"]["refused"].as_u64().unwrap() > 0,
+        "{hostile}"
+    );
+    assert_eq!(
+        hostile["baseline"], "append_single_http_64_without_hostile",
+        "{hostile}"
+    );
+    assert!(hostile["met"].is_boolean(), "{hostile}");
 
     let figures = r["figures"].as_array().unwrap();
     for name in expected_figures() {

@@ -15,6 +15,10 @@
 //! 1. raw single-row autocommit INSERT, 8 connections → single-event appends over HTTP, 64
 //!    clients on distinct streams; then the same clients with a body that validation refuses
 //!    (422), which measures the HTTP path alone, without the database (`http_refused_64`);
+//!    Then hostile clients (`append_single_http_64_with_4_hostile`): the same 64 honest clients
+//!    alone and then alongside 4 clients sending bodies that must be refused (a NUL in data,
+//!    oversize strings, a huge `cost_usd`, a repeated key), back to back, the honest rate with
+//!    them over the rate without (`--only hostile` runs just this);
 //! 2. raw 100-row INSERT, 8 connections → 500-event appends over HTTP, 4 clients;
 //! 3. claims: 64 clients racing for 32 issues (a winner releases its issue at once);
 //! 4. N TOKEN_USAGE events generated in SQL, raw sequential read of `events` → token-projector
@@ -72,6 +76,18 @@ pub struct BenchArgs {
     /// Keep the scratch database for a look afterwards (its name is in the report).
     #[arg(long)]
     pub keep: bool,
+    /// Run only this phase (after seeding the history and starting ingest): `hostile`, honest
+    /// appends with and without hostile clients.
+    #[arg(long, value_enum)]
+    pub only: Option<Phase>,
+}
+
+/// A phase `--only` can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// 64 honest clients appending with and without 4 hostile clients.
+    Hostile,
 }
 
 /// The sizes of one run, with `--quick` resolved.
@@ -85,6 +101,7 @@ struct Sizes {
     latency_rate: u32,
     idle_seconds: f64,
     quick: bool,
+    only: Option<Phase>,
 }
 
 impl Sizes {
@@ -99,6 +116,7 @@ impl Sizes {
             latency_rate: a.latency_rate,
             idle_seconds: a.idle_seconds.unwrap_or(if q { 1.5 } else { 5.0 }),
             quick: q,
+            only: a.only,
         };
         for (name, v) in [
             ("--seconds", s.seconds),
@@ -426,7 +444,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     // plans made while it was empty, and the figures would measure that instead (see the report).
     if sizes.history_events > 0 {
         progress(&format!(
-            "[0/10] seeding a history of {} events (log and raw table alike) …",
+            "[0/12] seeding a history of {} events (log and raw table alike) …",
             sizes.history_events
         ));
         generate_usage_events(&pool, sizes.history_events, "bench-history").await?;
@@ -470,16 +488,32 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
 
     let mut baselines = Vec::new();
     let mut figures = Vec::new();
+    if sizes.only == Some(Phase::Hostile) {
+        let (alone, with_hostile) = hostile_phase(ingest_addr, sizes, probe, ["[1/2]", "[2/2]"]).await?;
+        let all_met = with_hostile.met != Some(false);
+        stop_all(vec![ingest]);
+        return Ok(Report {
+            database: String::new(),
+            kept: false,
+            duration_seconds: 0.0,
+            machine,
+            sizes: sizes.clone(),
+            ingest: INGEST_HOW,
+            all_met,
+            baselines: vec![alone],
+            figures: vec![with_hostile],
+        });
+    }
 
     // 1. single-row autocommit vs single-event appends.
     progress(&format!(
-        "[1/10] raw single-row autocommit INSERT, 8 connections, {} s …",
+        "[1/12] raw single-row autocommit INSERT, 8 connections, {} s …",
         sizes.seconds
     ));
     let (raw_single, raw_latency) = raw_insert_autocommit(&pool, &opts, sizes, wal_timed).await?;
     progress(&format!("      {:.0} rows/s", raw_single.value));
     progress(&format!(
-        "[2/10] single-event appends over HTTP, 64 clients on distinct streams, {} s …",
+        "[2/12] single-event appends over HTTP, 64 clients on distinct streams, {} s …",
         sizes.seconds
     ));
     let wal0 = WalSyncs::take(&pool).await;
@@ -495,7 +529,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     // (422), so ingest does all its HTTP and JSON work and no database work. When raw autocommit
     // is fast (a quick fsync), 4x of it can exceed what the HTTP path alone can answer.
     progress(&format!(
-        "[3/10] HTTP without the database: the same 64 clients, the body refused by validation (422), {} s …",
+        "[3/12] HTTP without the database: the same 64 clients, the body refused by validation (422), {} s …",
         sizes.seconds
     ));
     let refused = http_appends(ingest_addr, 64, 1, "refused", Body::Refused, sizes, probe).await?;
@@ -521,16 +555,18 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         "events/s",
         &http_ceiling,
     ));
+    let (alone, with_hostile) = hostile_phase(ingest_addr, sizes, probe, ["[4/12]", "[5/12]"]).await?;
+    figures.push(with_hostile);
 
     // 2. 100-row transactions vs 500-event appends.
     progress(&format!(
-        "[4/10] raw 100-row INSERT per transaction, 8 connections, {} s …",
+        "[6/12] raw 100-row INSERT per transaction, 8 connections, {} s …",
         sizes.seconds
     ));
     let raw_batch = raw_insert_batches(&opts, sizes).await?;
     progress(&format!("      {:.0} rows/s", raw_batch.value));
     progress(&format!(
-        "[5/10] 500-event appends over HTTP, 4 clients, {} s …",
+        "[7/12] 500-event appends over HTTP, 4 clients, {} s …",
         sizes.seconds
     ));
     let batch = http_appends(ingest_addr, 4, 500, "batch", Body::Valid, sizes, probe).await?;
@@ -543,7 +579,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
 
     // 3. claims.
     progress(&format!(
-        "[6/10] claims: 64 clients racing for 32 issues, {} s …",
+        "[8/12] claims: 64 clients racing for 32 issues, {} s …",
         sizes.seconds
     ));
     let claims = claim_race(&http, &append_url, ingest_addr, sizes, probe).await?;
@@ -563,11 +599,11 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
 
     // 4. rebuild.
     progress(&format!(
-        "[7/10] generating {} TOKEN_USAGE events in SQL …",
+        "[9/12] generating {} TOKEN_USAGE events in SQL …",
         sizes.rebuild_events
     ));
     generate_usage_events(&pool, sizes.rebuild_events, "bench-rebuild").await?;
-    progress("[8/10] raw sequential read of events, then token-projector rebuild from position 0 …");
+    progress("[10/12] raw sequential read of events, then token-projector rebuild from position 0 …");
     let raw_read = raw_read(&opts).await?;
     progress(&format!("      raw read {:.0} rows/s", raw_read.value));
     let rebuild = rebuild_token_projector(&pool, &raw_read).await?;
@@ -578,7 +614,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     let mut token = launcher.spawn(TOKEN, ports.token)?;
     token.wait_ready(&http, Duration::from_secs(30)).await?;
     progress(&format!(
-        "[9/10] append → token_usage latency at {}/s for {} s (rig-token-projector pid {}) …",
+        "[11/12] append → token_usage latency at {}/s for {} s (rig-token-projector pid {}) …",
         sizes.latency_rate,
         sizes.latency_seconds,
         token.pid()
@@ -610,7 +646,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     }
 
     // 6. idle.
-    progress("[10/10] every worker idle: starting the others and waiting for them to catch up …");
+    progress("[12/12] every worker idle: starting the others and waiting for them to catch up …");
     let mut workers = vec![ingest, token];
     for (bin, port) in [(COST, ports.cost), (STALE, ports.stale), (NOTIFIER, ports.notifier)] {
         let mut w = launcher.spawn(bin, port)?;
@@ -627,6 +663,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
 
     baselines.push(raw_single.clone());
     baselines.push(http_ceiling);
+    baselines.push(alone);
     baselines.push(Baseline {
         name: "raw_insert_autocommit_8_latency",
         value: raw_latency.p99,
@@ -644,12 +681,14 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         duration_seconds: 0.0,
         machine,
         sizes: sizes.clone(),
-        ingest: "the sibling rig-ingest binary, spawned against the scratch database (as in production; its CPU is read from /proc separately)",
+        ingest: INGEST_HOW,
         all_met,
         baselines,
         figures,
     })
 }
+
+const INGEST_HOW: &str = "the sibling rig-ingest binary, spawned against the scratch database (as in production; its CPU is read from /proc separately)";
 
 fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     // No statement logging: the bulk statements here are slow on purpose, and would fill the log
@@ -1125,7 +1164,58 @@ async fn http_appends(
     sizes: &Sizes,
     ingest: IngestProbe<'_>,
 ) -> anyhow::Result<HttpResult> {
+    http_appends_among(ingest_addr, clients, per_request, label, kind, 0, sizes, ingest).await
+}
+
+/// `http_appends`, with `hostile` more clients sending `hostile_bodies` meanwhile. Their answers
+/// are counted apart (`detail.hostile`); one that is not the refusal expected is an error of the
+/// phase.
+#[allow(clippy::too_many_arguments)]
+async fn http_appends_among(
+    ingest_addr: SocketAddr,
+    clients: usize,
+    per_request: usize,
+    label: &str,
+    kind: Body,
+    hostile: usize,
+    sizes: &Sizes,
+    ingest: IngestProbe<'_>,
+) -> anyhow::Result<HttpResult> {
     let c = Arc::new(Counters::default());
+    let refused = Arc::new(AtomicU64::new(0));
+    let refused_window = Arc::new(AtomicU64::new(0));
+    let mut hostile_tasks = JoinSet::new();
+    if hostile > 0 {
+        let bodies = Arc::new(hostile_bodies());
+        for k in 0..hostile {
+            let (c, bodies, refused, refused_window) =
+                (c.clone(), bodies.clone(), refused.clone(), refused_window.clone());
+            hostile_tasks.spawn(async move {
+                let mut conn = None;
+                let mut i = k;
+                while !c.stopped() {
+                    let (body, expect) = &bodies[i % bodies.len()];
+                    i += 1;
+                    match post_raw(&mut conn, ingest_addr, body).await {
+                        Ok((status, _)) if status == *expect => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            if c.recording() {
+                                refused_window.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok((status, text)) => c.error(format!(
+                            "a hostile body was answered {status}, not {expect}: {}",
+                            String::from_utf8_lossy(&text).chars().take(300).collect::<String>()
+                        )),
+                        Err(e) => {
+                            c.error(format!("hostile client: {e}"));
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            });
+        }
+    }
     let mut tasks = JoinSet::new();
     for k in 0..clients {
         // No event ids: every request is new, so ingest assigns them.
@@ -1163,6 +1253,9 @@ async fn http_appends(
     while let Some(r) = tasks.join_next().await {
         samples.extend(r?);
     }
+    while let Some(r) = hostile_tasks.join_next().await {
+        r?;
+    }
     let lat = percentiles(samples);
     if w.ok == 0 {
         bail!(
@@ -1180,11 +1273,109 @@ async fn http_appends(
     if let Some(e) = c.first_error() {
         detail["first_error"] = json!(e);
     }
+    if hostile > 0 {
+        detail["hostile"] = json!({
+            "clients": hostile,
+            "refused": refused.load(Ordering::Relaxed),
+            "refused_per_s": round(refused_window.load(Ordering::Relaxed) as f64 / w.secs, 1),
+            "bodies": "a NUL in data, a 5,000-character agent_id, a 100,000-character title, cost_usd 1e28 (422); a repeated key (400)",
+        });
+    }
     Ok(HttpResult {
         rate,
         total: c.ok.load(Ordering::Relaxed) / per_request as u64,
         detail,
     })
+}
+
+/// The bodies hostile clients send, each with the status it must be refused with: what an
+/// outside review saw do damage (a NUL, a multi-KB id, a huge title, a `cost_usd` whose sums no
+/// longer decode, a repeated key). Each has a stream of its own, so nothing honest is touched
+/// even if one were taken.
+fn hostile_bodies() -> Vec<(Vec<u8>, u16)> {
+    let usage = |stream: &str, data: &str| append_body_with(stream, 1, data).into_bytes();
+    vec![
+        (
+            usage(
+                "bench/hostile#1",
+                r#"{"agent_id":"bench-agent","model":"claude-sonnet-4-5","input_tokens":1,"output_tokens":1,"note":"a\u0000b"}"#,
+            ),
+            422,
+        ),
+        (
+            format!(
+                r#"{{"stream_id":"bench/hostile#2","events":[{{"type":"ISSUE_ASSIGNED","data":{{"agent_id":"{}"}}}}]}}"#,
+                "x".repeat(5000)
+            )
+            .into_bytes(),
+            422,
+        ),
+        (
+            format!(
+                r#"{{"stream_id":"bench/hostile#3","events":[{{"type":"ISSUE_APPROVED","data":{{"title":"{}"}}}}]}}"#,
+                "t".repeat(100_000)
+            )
+            .into_bytes(),
+            422,
+        ),
+        (
+            usage(
+                "bench/hostile#4",
+                r#"{"agent_id":"bench-agent","model":"claude-sonnet-4-5","input_tokens":1,"output_tokens":1,"cost_usd":1e28}"#,
+            ),
+            422,
+        ),
+        (
+            usage(
+                "bench/hostile#5",
+                r#"{"agent_id":"bench-agent","agent_id":"other","model":"claude-sonnet-4-5","input_tokens":1,"output_tokens":1}"#,
+            ),
+            400,
+        ),
+    ]
+}
+
+/// Honest single-event appends by 64 clients, alone and then alongside 4 hostile clients (each
+/// cycling through `hostile_bodies`), back to back so both see the same machine: the rate with
+/// them must stay at least 0.6 of the rate without. Returns the rate without as the baseline and
+/// the rate with as the figure.
+async fn hostile_phase(
+    ingest_addr: SocketAddr,
+    sizes: &Sizes,
+    probe: IngestProbe<'_>,
+    steps: [&str; 2],
+) -> anyhow::Result<(Baseline, Figure)> {
+    progress(&format!(
+        "{} honest single-event appends, 64 clients, no hostile ones, {} s …",
+        steps[0], sizes.seconds
+    ));
+    let alone = http_appends_among(ingest_addr, 64, 1, "honest", Body::Valid, 0, sizes, probe).await?;
+    progress(&format!("      {:.0} events/s", alone.rate));
+    progress(&format!(
+        "{} the same 64 honest clients with 4 hostile ones (NUL, oversize, huge cost_usd, repeated keys), {} s …",
+        steps[1], sizes.seconds
+    ));
+    let with = http_appends_among(ingest_addr, 64, 1, "honest", Body::Valid, 4, sizes, probe).await?;
+    progress(&format!(
+        "      {:.0} events/s ({:.0} hostile requests/s refused)",
+        with.rate, with.detail["hostile"]["refused_per_s"]
+    ));
+    let baseline = Baseline {
+        name: "append_single_http_64_without_hostile",
+        value: alone.rate,
+        unit: "events/s",
+        detail: {
+            let mut d = alone.detail;
+            d["what"] = json!(
+                "the 64 honest clients of the hostile phase alone, measured right before them with 4 hostile clients"
+            );
+            d
+        },
+    };
+    let figure = Figure::of("append_single_http_64_with_4_hostile", with.rate, "events/s", &baseline)
+        .at_least(">= 0.6x the same clients without hostile ones", Some(0.6), None)
+        .detail(with.detail);
+    Ok((baseline, figure))
 }
 
 async fn post(http: &reqwest::Client, url: &str, body: bytes::Bytes) -> Result<(u16, bytes::Bytes), String> {
