@@ -10,7 +10,8 @@
 //!   `data` or `metadata` that ends in `_id` (`agent_id`, `correlation_id`, …) or is one of
 //!   [`ID_FIELDS`] (`reviewer`, `model`, `branch`, …), and every object key at any depth. Stream
 //!   ids have their own, stricter rules (`stream_id`), and event types at most 100 characters.
-//! - A title (`title` at the top of `data`) holds at most [`MAX_TITLE_CHARS`] characters.
+//! - A title (`title` at the top of `data` or `metadata`) holds at most [`MAX_TITLE_CHARS`]
+//!   characters.
 //! - Any other string holds at most [`MAX_STRING_BYTES`] bytes (64 KiB).
 //! - `cost_usd` is from 0 to [`MAX_COST_USD`]; token counts from 0 to [`MAX_TOKENS`].
 //!

@@ -3,7 +3,7 @@
 //! "AgentId":"dev-e-node"}`. The stream is `{Repo}#{IssueNumber}` when both are present and
 //! IssueNumber > 0, else `agent:{AgentId}`; the remaining fields become `data` in snake_case.
 
-use crate::api::{body_bytes, parse_append, parse_json, submit};
+use crate::api::{body_bytes, parse_append, parse_json, refuse, submit};
 use crate::error::ApiError;
 use crate::{authorize, AppState};
 use axum::body::Bytes;
@@ -19,9 +19,14 @@ pub async fn append(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let bytes = body_bytes(&state, body)?;
-    let native = translate(parse_json(&bytes)?)?;
-    submit(&state, parse_append(native)?).await
+    let parsed = body_bytes(&state, body)
+        .and_then(|b| parse_json(&b))
+        .and_then(translate)
+        .and_then(parse_append);
+    match parsed {
+        Ok(append) => submit(&state, append).await,
+        Err(e) => refuse(&state, Err(e)).await,
+    }
 }
 
 /// A .NET `DateTime` of unspecified kind serializes without an offset

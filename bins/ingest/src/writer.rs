@@ -95,6 +95,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -164,6 +166,17 @@ struct Job {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    /// Appends submitted and not yet answered (queued, in a batch, or waiting for the flush).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts an append as in flight for as long as it lives, also when its client goes away.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Writer {
@@ -181,7 +194,10 @@ impl Writer {
         let (durable_tx, durable_rx) = mpsc::channel(64);
         tokio::spawn(writer_loop(pool.clone(), rx, durable_tx, max_batch));
         tokio::spawn(flusher_loop(pool, durable_rx));
-        Writer { tx }
+        Writer {
+            tx,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// Requests waiting for the writer (not yet taken into a batch).
@@ -189,7 +205,15 @@ impl Writer {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
+    /// Appends submitted and not answered yet: whether the writer has work (see
+    /// `api::refuse`).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     pub async fn append(&self, append: Append) -> Result<AppendOk, AppendError> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&self.in_flight);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { append, reply })

@@ -418,7 +418,9 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     // client and a server do, and ingest's CPU per event can be read from /proc on its own. The
     // latency and idle phases need the other workers as real processes anyway.
     let bin_dir = bin_dir()?;
-    ensure_built(&bin_dir, &WORKERS)?;
+    // One phase needs ingest alone.
+    let needed: &[&str] = if sizes.only.is_some() { &[INGEST] } else { &WORKERS };
+    ensure_built(&bin_dir, needed)?;
     let scratch = ScratchDir::new()?;
     let ports = Ports::new()?;
     let config = scratch.path.join("rig.toml");
