@@ -169,6 +169,14 @@ pub fn parse_stream_id(s: &str) -> Result<StreamId, ApiError> {
     StreamId::parse(s).map_err(|e| ApiError::InvalidStreamId(e.to_string()))
 }
 
+/// A client's string as an error message shows it: at most 100 characters (it may be 1 MB).
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(100) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_owned(),
+    }
+}
+
 /// Turns a native append body into a validated `Append`. Nothing is written on error.
 pub fn parse_append(body: Value) -> Result<Append, ApiError> {
     let Value::Object(mut obj) = body else {
@@ -199,7 +207,8 @@ pub fn parse_append(body: Value) -> Result<Append, ApiError> {
     // concurrency check the client asked for.
     if let Some(k) = obj.keys().next() {
         return Err(ApiError::InvalidRequest(format!(
-            "unknown field {k:?}; a request has stream_id, expected_version and events"
+            "unknown field {:?}; a request has stream_id, expected_version and events",
+            clip(k)
         )));
     }
     if list.is_empty() {
@@ -253,7 +262,7 @@ fn parse_event(e: Value) -> Result<NewEvent, String> {
         // event_id index instead of one random page each.
         None | Some(Value::Null) => (Uuid::now_v7(), false),
         Some(Value::String(s)) => (
-            Uuid::parse_str(&s).map_err(|_| format!("id {s:?} is not a UUID"))?,
+            Uuid::parse_str(&s).map_err(|_| format!("id {:?} is not a UUID", clip(&s)))?,
             true,
         ),
         Some(_) => return Err("id must be a UUID string".into()),
@@ -262,7 +271,12 @@ fn parse_event(e: Value) -> Result<NewEvent, String> {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(
             DateTime::parse_from_rfc3339(&s)
-                .map_err(|_| format!("occurred_at {s:?} is not an RFC 3339 time such as 2026-04-21T09:00:05Z"))?
+                .map_err(|_| {
+                    format!(
+                        "occurred_at {:?} is not an RFC 3339 time such as 2026-04-21T09:00:05Z",
+                        clip(&s)
+                    )
+                })?
                 .with_timezone(&Utc),
         ),
         Some(_) => return Err("occurred_at must be an RFC 3339 string".into()),
@@ -282,7 +296,8 @@ fn parse_event(e: Value) -> Result<NewEvent, String> {
             ""
         };
         return Err(format!(
-            "unknown field {k:?}{hint}; an event has id, type, data, metadata, occurred_at and schema_version"
+            "unknown field {:?}{hint}; an event has id, type, data, metadata, occurred_at and schema_version",
+            clip(k)
         ));
     }
     Ok(NewEvent {
