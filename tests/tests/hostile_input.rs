@@ -521,11 +521,14 @@ async fn a_request_the_database_refuses_is_isolated_by_splitting_its_batch() {
         "the writer to wait for the append lock",
         Duration::from_secs(10),
         || async {
-            let waiting: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
-                    .fetch_one(&db.pool)
-                    .await
-                    .unwrap();
+            // This database's only: other tests' writers wait for their own append locks.
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
             (waiting > 0).then_some(())
         },
     )
