@@ -321,7 +321,11 @@ async fn commit_batch(
                 parts.push(part);
             }
             Err(e) => {
-                discard(conn).await;
+                if is_transient(&e) {
+                    discard(conn).await;
+                } else {
+                    roll_back(conn).await;
+                }
                 fail_all(part, &e);
             }
         }
