@@ -108,8 +108,9 @@ async fn bench_quick_reports_every_figure_with_baseline_and_ratio_and_drops_its_
 
     // The hostile phase: every hostile body was refused as it should be, and no honest append
     // failed meanwhile.
-    let figures = r["figures"].as_array().unwrap();
-    let hostile = figures
+    let hostile = r["figures"]
+        .as_array()
+        .unwrap()
         .iter()
         .find(|f| f["name"] == "append_single_http_64_with_4_hostile")
         .unwrap_or_else(|| panic!("no hostile figure: {r}"));
