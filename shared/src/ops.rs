@@ -110,9 +110,11 @@ pub async fn run_projection<P: crate::consumer::Projection>(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Each projector connects as its own role (see `roles`), named after its binary.
+    let url = crate::roles::Role::for_binary(name).map_or(&settings.database_url, |r| settings.database_url_for(r));
     let (pool, server) = start_worker(
         name,
-        settings.database_url.expose(),
+        url.expose(),
         pool_size,
         listen,
         metrics,
