@@ -601,6 +601,7 @@ pub fn procfile_workers() -> Vec<String> {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Procfile")).expect("read the Procfile");
     let workers: Vec<String> = procfile
         .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_once(':'))
         .filter_map(|(_, cmd)| cmd.split_whitespace().next().map(str::to_owned))
         .collect();
