@@ -981,7 +981,10 @@ mod tests {
         let s = from_env(&[
             ("DATABASE_URL", "postgres://owner@h/rig"),
             ("RIG_INGEST__DATABASE_URL", "postgres://rig_ingest:pw-very-secret@h/rig"),
-            ("RIG_TOKEN_PROJECTOR__DATABASE_URL", "postgres://rig_token_projector@h/rig"),
+            (
+                "RIG_TOKEN_PROJECTOR__DATABASE_URL",
+                "postgres://rig_token_projector@h/rig",
+            ),
         ])
         .unwrap();
         assert_eq!(

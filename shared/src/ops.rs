@@ -112,15 +112,7 @@ pub async fn run_projection<P: crate::consumer::Projection>(
 ) -> anyhow::Result<()> {
     // Each projector connects as its own role (see `roles`), named after its binary.
     let url = crate::roles::Role::for_binary(name).map_or(&settings.database_url, |r| settings.database_url_for(r));
-    let (pool, server) = start_worker(
-        name,
-        url.expose(),
-        pool_size,
-        listen,
-        metrics,
-        &shutdown,
-    )
-    .await?;
+    let (pool, server) = start_worker(name, url.expose(), pool_size, listen, metrics, &shutdown).await?;
     let cfg = crate::consumer::ConsumerConfig::from_settings(&settings.consumer);
     let result = crate::consumer::Consumer::new(pool, projection, cfg)
         .run(shutdown.clone())

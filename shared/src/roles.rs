@@ -155,17 +155,17 @@ async fn role_exists(c: &mut sqlx::PgConnection, role: Role) -> Result<bool, sql
 /// that name another user (left alone: that role is managed elsewhere). The password itself
 /// never leaves this process: Postgres gets a SCRAM-SHA-256 verifier, and the statement is not
 /// logged.
-pub async fn set_passwords(owner: &PgConnectOptions, urls: &[(Role, &str)]) -> anyhow::Result<(Vec<Role>, Vec<String>)> {
+pub async fn set_passwords(
+    owner: &PgConnectOptions,
+    urls: &[(Role, &str)],
+) -> anyhow::Result<(Vec<Role>, Vec<String>)> {
     let mut set = Vec::new();
     let mut notes = Vec::new();
     let mut todo: Vec<(Role, SecretString)> = Vec::new();
     for (role, url) in urls {
         let opts = PgConnectOptions::from_str(url)
             .with_context(|| format!("{}.database_url is not a valid database URL", role.section()))?;
-        let Some(password) = url::Url::parse(url)
-            .ok()
-            .and_then(|u| u.password().map(|p| percent_decode(p)))
-        else {
+        let Some(password) = url::Url::parse(url).ok().and_then(|u| u.password().map(percent_decode)) else {
             continue;
         };
         if opts.get_username() != role.name() {
@@ -217,7 +217,11 @@ mod tests {
 
     #[test]
     fn a_role_url_swaps_the_user_and_drops_the_password() {
-        let u = url_as("postgres://postgres:owner-secret@db.example:5433/rig?sslmode=require", Role::Ingest).unwrap();
+        let u = url_as(
+            "postgres://postgres:owner-secret@db.example:5433/rig?sslmode=require",
+            Role::Ingest,
+        )
+        .unwrap();
         assert_eq!(u, "postgres://rig_ingest@db.example:5433/rig?sslmode=require");
         let u = url_as("postgres://127.0.0.1/rig?user=postgres&password=x", Role::Notifier).unwrap();
         assert_eq!(u, "postgres://rig_notifier@127.0.0.1/rig");

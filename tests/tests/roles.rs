@@ -82,11 +82,17 @@ async fn a_worker_role_reads_the_log_and_writes_only_its_own_checkpoint_and_tabl
     for (role, consumer, own_table) in WORKERS {
         let who = role.name();
         let pool = db.pool_as(role).await;
-        let user: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&pool).await.unwrap();
+        let user: String = sqlx::query_scalar("SELECT current_user::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         assert_eq!(user, who);
 
         // What it needs: read the log, move its own checkpoint, write its own table.
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         assert_eq!(n, 1, "{who} reads the log");
         let moved = sqlx::query("UPDATE checkpoints SET position = 1 WHERE consumer = $1")
             .bind(consumer)
@@ -123,9 +129,16 @@ async fn a_worker_role_reads_the_log_and_writes_only_its_own_checkpoint_and_tabl
                 .bind(other)
                 .execute(&pool)
                 .await;
-            assert!(r.is_err() || r.unwrap().rows_affected() == 0, "{who} deleted {other}'s checkpoint");
+            assert!(
+                r.is_err() || r.unwrap().rows_affected() == 0,
+                "{who} deleted {other}'s checkpoint"
+            );
             // Another worker's table.
-            assert_eq!(refused(&pool, write_to(other_table)).await, "42501", "{who} writes {other_table}");
+            assert_eq!(
+                refused(&pool, write_to(other_table)).await,
+                "42501",
+                "{who} writes {other_table}"
+            );
         }
         let forged = format!("INSERT INTO checkpoints (consumer, position) VALUES ('{consumer}-2', 5)");
         assert_eq!(refused(&pool, &forged).await, "42501", "{who} adds a checkpoint row");
@@ -208,25 +221,37 @@ async fn rigctl_up_runs_every_process_under_its_own_role() {
     // Work flows through every role: an append by ingest, projected by the token-projector.
     let r = reqwest::Client::new()
         .post(format!("{api}/v1/events"))
-        .json(&json!({"stream_id": "acme/widgets#1", "events": [{"type": "TOKEN_USAGE",
-            "data": {"agent_id": "dev-a", "model": "m", "input_tokens": 10, "output_tokens": 5}}]}))
+        .json(
+            &json!({"stream_id": "acme/widgets#1", "events": [{"type": "TOKEN_USAGE",
+            "data": {"agent_id": "dev-a", "model": "m", "input_tokens": 10, "output_tokens": 5}}]}),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
     wait_for("token_usage to be projected", Duration::from_secs(30), || async {
-        (db.count("SELECT coalesce(sum(input_tokens), 0)::int8 FROM token_usage").await == 10).then_some(())
+        (db.count("SELECT coalesce(sum(input_tokens), 0)::int8 FROM token_usage")
+            .await
+            == 10)
+            .then_some(())
     })
     .await;
 
     let roles: Vec<String> = shared::roles::ROLES.iter().map(|r| r.name().to_owned()).collect();
-    let users = wait_for("every process to connect as its role", Duration::from_secs(30), || async {
-        let users = connected_users(&db).await;
-        roles.iter().all(|r| users.contains(r)).then_some(users)
-    })
+    let users = wait_for(
+        "every process to connect as its role",
+        Duration::from_secs(30),
+        || async {
+            let users = connected_users(&db).await;
+            roles.iter().all(|r| users.contains(r)).then_some(users)
+        },
+    )
     .await;
     // Nobody else but the owner (rigctl up itself, and this test).
-    let owner: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&db.pool).await.unwrap();
+    let owner: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     for u in &users {
         assert!(roles.contains(u) || *u == owner, "unexpected user {u} among {users:?}");
     }
@@ -237,9 +262,11 @@ async fn rigctl_up_runs_every_process_under_its_own_role() {
 async fn rigctl_migrate_sets_a_roles_password_from_its_process_url_and_never_prints_it() {
     let db = TestDb::new().await;
     let password = "pw-from-the-notifier-url-7f3a";
-    let notifier_url = shared::roles::url_as(&db.url, Role::Notifier)
-        .unwrap()
-        .replacen("rig_notifier@", &format!("rig_notifier:{password}@"), 1);
+    let notifier_url = shared::roles::url_as(&db.url, Role::Notifier).unwrap().replacen(
+        "rig_notifier@",
+        &format!("rig_notifier:{password}@"),
+        1,
+    );
     let out = Command::new(rig_tests::bin("rigctl"))
         .arg("migrate")
         .env_clear()
@@ -328,7 +355,11 @@ async fn a_signed_body_already_accepted_under_another_delivery_id_appends_nothin
 
     // The same bytes, replayed under fresh delivery ids (one of them claiming another event
     // type): answered like a redelivery, nothing appended.
-    for (event, delivery) in [("issues", "delivery-2"), ("issues", "delivery-3"), ("pull_request", "delivery-4")] {
+    for (event, delivery) in [
+        ("issues", "delivery-2"),
+        ("issues", "delivery-3"),
+        ("pull_request", "delivery-4"),
+    ] {
         let (code, again) = deliver(&ingest, event, delivery, &body).await;
         assert_eq!(
             (code, again["status"].as_str()),
@@ -351,6 +382,10 @@ async fn a_signed_body_already_accepted_under_another_delivery_id_appends_nothin
 
     // Another change of the same issue is another body: appended.
     let (code, other) = deliver(&ingest, "issues", "delivery-5", &labeled("2026-01-02T00:00:00Z")).await;
-    assert_eq!((code, other["status"].as_str()), (StatusCode::ACCEPTED, Some("appended")), "{other}");
+    assert_eq!(
+        (code, other["status"].as_str()),
+        (StatusCode::ACCEPTED, Some("appended")),
+        "{other}"
+    );
     assert_eq!(db.events().await, 2);
 }

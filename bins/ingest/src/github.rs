@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use shared::events;
 use shared::stream_id::MAX_ISSUE_NUMBER;
 use shared::StreamId;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -540,22 +540,30 @@ async fn handle(
     // One body at a time: copies sent at once are looked up after each other, so only the first
     // can append. A transaction-scoped advisory lock (released when `serial` ends, however this
     // ends), keyed on the body's hash in a class of its own, apart from the single-key locks of
-    // the append and the consumers.
+    // the append and the consumers. The delivery's own reads and its record use that same
+    // connection, so the lock holder never waits for the pool behind the copies waiting for it;
+    // the record commits as the lock is released.
     let body_sha256: [u8; 32] = Sha256::digest(&bytes).into();
     let mut serial = state.pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(BODY_LOCK_CLASS)
-        .bind(i32::from_be_bytes([body_sha256[0], body_sha256[1], body_sha256[2], body_sha256[3]]))
+        .bind(i32::from_be_bytes([
+            body_sha256[0],
+            body_sha256[1],
+            body_sha256[2],
+            body_sha256[3],
+        ]))
         .execute(&mut *serial)
         .await?;
-    let answer = handle_delivery(state, headers, &bytes, event, delivery, &body_sha256).await;
-    serial.rollback().await?;
-    answer
+    let answer = handle_delivery(state, &mut serial, headers, &bytes, event, delivery, &body_sha256).await?;
+    serial.commit().await?;
+    Ok(answer)
 }
 
 /// A delivery, once no other with the same body is being handled.
 async fn handle_delivery(
     state: &AppState,
+    db: &mut PgConnection,
     headers: &HeaderMap,
     bytes: &[u8],
     event: &str,
@@ -570,7 +578,7 @@ async fn handle_delivery(
     )
     .bind(delivery)
     .bind(&body_sha256[..])
-    .fetch_optional(&state.pool)
+    .fetch_optional(&mut *db)
     .await?;
     let (first, previous) = match previous {
         Some((id, outcome)) => (Some(id), Some(outcome)),
@@ -579,7 +587,12 @@ async fn handle_delivery(
     if let Some(first) = first.as_deref().filter(|f| *f != delivery) {
         let outcome = previous.as_deref().unwrap_or_default();
         if outcome != "unlinked" {
-            tracing::info!(delivery, first, event, "github delivery repeats the body of an earlier one: nothing to do");
+            tracing::info!(
+                delivery,
+                first,
+                event,
+                "github delivery repeats the body of an earlier one: nothing to do"
+            );
             return Ok(Answer {
                 status: StatusCode::OK,
                 outcome: "redelivery",
@@ -603,7 +616,7 @@ async fn handle_delivery(
         });
     }
     if event == "ping" {
-        record(&state.pool, delivery, body_sha256, event, None, "ping").await?;
+        record(&mut *db, delivery, body_sha256, event, None, "ping").await?;
         return Ok(Answer {
             status: StatusCode::OK,
             outcome: "ignored",
@@ -611,7 +624,7 @@ async fn handle_delivery(
         });
     }
 
-    let payload = parse_payload(headers, &bytes)?;
+    let payload = parse_payload(headers, bytes)?;
     let action = str_at(&payload, "/action");
     let answer = |status, outcome, fields: Value| {
         let mut body = json!({"status": outcome, "delivery": delivery, "event": event, "action": action});
@@ -623,13 +636,13 @@ async fn handle_delivery(
     let (repo, target, draft) = match plan(event, &payload, &gh.approve_label).map_err(ApiError::InvalidRequest)? {
         Plan::Ignore(why) => {
             tracing::debug!(delivery, event, action, why, "github delivery ignored");
-            record(&state.pool, delivery, body_sha256, event, action, "ignored").await?;
+            record(&mut *db, delivery, body_sha256, event, action, "ignored").await?;
             return Ok(answer(StatusCode::ACCEPTED, "ignored", json!({"detail": why})));
         }
         Plan::Emit { repo, target, draft } => (repo, target, draft),
     };
 
-    let known = issues_of_prs(&state.pool, &repo, &prs_to_look_up(&target)).await?;
+    let known = issues_of_prs(&mut *db, &repo, &prs_to_look_up(&target)).await?;
     let links = links(&target, &repo, &state.branch_issue_re, &known);
     if links.is_empty() {
         metrics::counter!("rig_github_unlinked_total", "event" => event_label(Some(event))).increment(1);
@@ -640,7 +653,7 @@ async fn handle_delivery(
             repo,
             "github delivery not linked to any issue; not stored"
         );
-        record(&state.pool, delivery, body_sha256, event, action, "unlinked").await?;
+        record(&mut *db, delivery, body_sha256, event, action, "unlinked").await?;
         let detail = unlinked_detail(&repo, &target);
         let status = if redelivered {
             StatusCode::OK
@@ -693,7 +706,7 @@ async fn handle_delivery(
         }
         streams.push(stream.to_string());
     }
-    record(&state.pool, delivery, body_sha256, event, action, "appended").await?;
+    record(&mut *db, delivery, body_sha256, event, action, "appended").await?;
     let fields = json!({"type": draft.event_type, "streams": streams, "events": written});
     if written == 0 {
         // Stored by an attempt whose answer was lost before the delivery was recorded.
@@ -733,7 +746,7 @@ fn unlinked_detail(repo: &str, target: &Target) -> String {
 
 /// PR number → issues of `repo` whose stream recorded a PR_CREATED for it, any time: from
 /// GitHub or from an agent, first attempt or latest.
-async fn issues_of_prs(pool: &PgPool, repo: &str, prs: &[i64]) -> Result<HashMap<i64, Vec<i64>>, sqlx::Error> {
+async fn issues_of_prs(db: &mut PgConnection, repo: &str, prs: &[i64]) -> Result<HashMap<i64, Vec<i64>>, sqlx::Error> {
     let mut known: HashMap<i64, Vec<i64>> = HashMap::new();
     if prs.is_empty() {
         return Ok(known);
@@ -749,7 +762,7 @@ async fn issues_of_prs(pool: &PgPool, repo: &str, prs: &[i64]) -> Result<HashMap
     )
     .bind(repo)
     .bind(&numbers)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     for (pr, stream) in rows {
         let issue = StreamId::parse(&stream).ok().and_then(|s| s.issue_number());
@@ -765,7 +778,7 @@ async fn issues_of_prs(pool: &PgPool, repo: &str, prs: &[i64]) -> Result<HashMap
 
 /// Records a taken delivery; an unlinked one may be upgraded by a later redelivery.
 async fn record(
-    pool: &PgPool,
+    db: &mut PgConnection,
     delivery: &str,
     body_sha256: &[u8; 32],
     event: &str,
@@ -785,7 +798,7 @@ async fn record(
     .bind(action)
     .bind(outcome)
     .bind(&body_sha256[..])
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }

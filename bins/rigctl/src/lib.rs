@@ -113,7 +113,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let names = |roles: &mut dyn Iterator<Item = Role>| roles.map(Role::name).collect::<Vec<_>>().join(", ");
             println!("database roles: {}", names(&mut ROLES.into_iter()));
             if !set.is_empty() {
-                println!("passwords set from the processes' database URLs: {}", names(&mut set.into_iter()));
+                println!(
+                    "passwords set from the processes' database URLs: {}",
+                    names(&mut set.into_iter())
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -12,12 +12,12 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
+use shared::roles::Role;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
-use shared::roles::Role;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
