@@ -90,6 +90,9 @@ pub async fn start_worker(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(PgPool, tokio::task::JoinHandle<()>)> {
     let pool = crate::db::pool(database_url, pool_size)?;
+    if let Some(role) = crate::roles::Role::for_binary(name) {
+        crate::roles::warn_if_privileged(&pool, role);
+    }
     let ops = router(OpsState {
         pool: pool.clone(),
         metrics,

@@ -143,6 +143,40 @@ pub async fn ensure(owner: &PgConnectOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Warns, once at start, when a process connects with more rights than its role's: as the owner
+/// of the log (it could switch the append-only triggers off) or as a superuser. Runs in the
+/// background: a database that is not there yet only delays the look.
+pub fn warn_if_privileged(pool: &sqlx::PgPool, role: Role) {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let seen = sqlx::query_as::<_, (String, bool, bool)>(
+            "SELECT current_user::text, r.rolsuper, \
+                    coalesce((SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c \
+                              WHERE c.oid = to_regclass('events')), false) \
+             FROM pg_roles r WHERE r.rolname = current_user",
+        )
+        .fetch_one(&pool)
+        .await;
+        if let Ok((user, superuser, owner)) = seen {
+            if superuser || owner {
+                tracing::warn!(
+                    user,
+                    expected = role.name(),
+                    "connected to the database as {}: least privilege wants {} (set {}.database_url, see \
+                     \"Database roles\" in the README)",
+                    if superuser {
+                        "a superuser"
+                    } else {
+                        "the owner of the tables"
+                    },
+                    role.name(),
+                    role.section()
+                );
+            }
+        }
+    });
+}
+
 async fn role_exists(c: &mut sqlx::PgConnection, role: Role) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
         .bind(role.name())

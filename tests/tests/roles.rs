@@ -1,7 +1,8 @@
 //! Least privilege, against the real Postgres: what each process's database role may not do
 //! (append as a worker, rewrite the log or switch off its triggers as anyone, write another
 //! consumer's checkpoint or tables), that `rigctl up` runs every process under its role, that
-//! `rigctl migrate` sets a role's password from its process's URL without ever printing it, and
+//! `rigctl migrate` sets a role's password from its process's URL without ever printing it, that a
+//! worker connected with more rights than its role's says so, and
 //! that a GitHub delivery whose signed body was already taken under another delivery id appends
 //! nothing.
 #![allow(clippy::unwrap_used)]
@@ -256,6 +257,30 @@ async fn rigctl_up_runs_every_process_under_its_own_role() {
         assert!(roles.contains(u) || *u == owner, "unexpected user {u} among {users:?}");
     }
     drop(up);
+}
+
+#[tokio::test]
+async fn a_worker_connected_as_the_owner_says_so_at_start() {
+    let db = TestDb::new().await;
+    let port = rig_tests::free_port();
+    // Its own key, set to the owner's URL, wins over the DATABASE_URL the spawn turns into its role's.
+    let p = rig_tests::Proc::spawn(
+        "rig-token-projector",
+        &[],
+        &[
+            ("DATABASE_URL", db.url.clone()),
+            ("RIG_TOKEN_PROJECTOR__DATABASE_URL", db.url.clone()),
+            ("RIG_TOKEN_PROJECTOR__METRICS_LISTEN", format!("127.0.0.1:{port}")),
+        ],
+    );
+    let line = wait_for("the owner warning", Duration::from_secs(30), || async {
+        p.log_text()
+            .lines()
+            .find(|l| l.contains("least privilege wants rig_token_projector"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(line.contains("token_projector.database_url"), "{line}");
 }
 
 #[tokio::test]

@@ -161,6 +161,7 @@ pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: Cancel
     check_exposure(&settings)?;
     let pool = shared::db::pool(settings.database_url_for(shared::roles::Role::Ingest).expose(), 16)?;
     shared::db::check_schema(&pool).await?;
+    shared::roles::warn_if_privileged(&pool, shared::roles::Role::Ingest);
     let (addr, server) = start(settings, pool, metrics, shutdown).await?;
     tracing::info!(%addr, "rig-ingest listening");
     server.await?;
