@@ -129,11 +129,10 @@ pub async fn ensure(owner: &PgConnectOptions) -> anyhow::Result<()> {
             if denied {
                 anyhow::bail!(
                     "cannot create the database role {}: the role running `rigctl migrate` may not create roles. \
-                     Have an administrator create the roles once (CREATE ROLE {} LOGIN; likewise {}), or grant \
-                     CREATEROLE to the migrating role",
+                     Have an administrator create the roles once (CREATE ROLE <name> LOGIN; for each of {}), or \
+                     grant CREATEROLE to the migrating role",
                     role.name(),
-                    role.name(),
-                    ROLES[1..].iter().map(|r| r.name()).collect::<Vec<_>>().join(", ")
+                    ROLES.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ")
                 );
             }
             return Err(e).with_context(|| format!("create the database role {}", role.name()));
