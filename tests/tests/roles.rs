@@ -414,3 +414,56 @@ async fn a_signed_body_already_accepted_under_another_delivery_id_appends_nothin
     );
     assert_eq!(db.events().await, 2);
 }
+
+#[tokio::test]
+async fn an_unlinked_body_replayed_under_another_id_is_taken_as_the_first_delivery() {
+    let db = TestDb::new().await;
+    let ingest = TestIngest::start_with(&db, |s| {
+        s.ingest.github.webhook_secret = Some(SECRET.to_owned().into());
+    })
+    .await;
+    // CI for PR #7 before anyone reported that PR: not linked, nothing stored.
+    let body = serde_json::to_vec(&json!({
+        "action": "completed",
+        "check_suite": {"id": 99, "conclusion": "success", "pull_requests": [{"number": 7}]},
+        "repository": {"full_name": "acme/widgets"}
+    }))
+    .unwrap();
+    let (code, r) = deliver(&ingest, "check_suite", "ci-1", &body).await;
+    assert_eq!(
+        (code, r["status"].as_str()),
+        (StatusCode::ACCEPTED, Some("unlinked")),
+        "{r}"
+    );
+    assert_eq!(db.events().await, 0);
+
+    // The PR becomes known; the same body comes again under a new id: it links now, as the
+    // first delivery (its event ids), once.
+    let r = reqwest::Client::new()
+        .post(ingest.url("/v1/events"))
+        .json(&json!({"stream_id": "acme/widgets#3", "events": [{"type": "PR_CREATED", "data": {"pr_number": 7}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    let (code, r) = deliver(&ingest, "check_suite", "ci-2", &body).await;
+    assert_eq!((code, r["status"].as_str()), (StatusCode::OK, Some("appended")), "{r}");
+    let (id, delivery): (uuid::Uuid, String) =
+        sqlx::query_as("SELECT event_id, metadata ->> 'github_delivery' FROM events WHERE event_type = 'CI_PASSED'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (id, delivery.as_str()),
+        (rig_ingest::github::event_id("ci-1", 0), "ci-1")
+    );
+    for again in ["ci-1", "ci-3"] {
+        let (code, r) = deliver(&ingest, "check_suite", again, &body).await;
+        assert_eq!(
+            (code, r["status"].as_str()),
+            (StatusCode::OK, Some("redelivery")),
+            "{again}: {r}"
+        );
+    }
+    assert_eq!(db.events().await, 2);
+}
