@@ -41,6 +41,11 @@ pub const SETTINGS_KEYS: &[&str] = &[
 /// in an error message.
 pub const SECRET_KEYS: &[&str] = &[
     "database_url",
+    "ingest.database_url",
+    "token_projector.database_url",
+    "cost_projector.database_url",
+    "stale_heartbeat.database_url",
+    "notifier.database_url",
     "ingest.auth_tokens",
     "ingest.github.webhook_secret",
     "stale_heartbeat.ingest_token",
@@ -73,6 +78,26 @@ impl Default for Settings {
             token_projector: WorkerSettings::on(9104),
             notifier: NotifierSettings::default(),
             prices: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// The URL `role`'s process connects with: its section's `database_url` when set (the URL of
+    /// its own least-privilege role, see `roles`), else the top-level `database_url`.
+    pub fn database_url_for(&self, role: crate::roles::Role) -> &DatabaseUrl {
+        self.own_database_url(role).unwrap_or(&self.database_url)
+    }
+
+    /// `role`'s section's `database_url`, when set.
+    pub fn own_database_url(&self, role: crate::roles::Role) -> Option<&DatabaseUrl> {
+        use crate::roles::Role;
+        match role {
+            Role::Ingest => self.ingest.database_url.as_ref(),
+            Role::TokenProjector => self.token_projector.database_url.as_ref(),
+            Role::CostProjector => self.cost_projector.database_url.as_ref(),
+            Role::StaleHeartbeat => self.stale_heartbeat.database_url.as_ref(),
+            Role::Notifier => self.notifier.database_url.as_ref(),
         }
     }
 }
@@ -124,6 +149,8 @@ pub fn redact_url_password(url: &str) -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestSettings {
+    /// The database URL ingest connects with, as the `rig_ingest` role; unset = `database_url`.
+    pub database_url: Option<DatabaseUrl>,
     pub listen: SocketAddr,
     /// Bearer tokens accepted for writes; empty = open (allowed on loopback only). A list, or
     /// one string of comma-separated tokens (`RIG_INGEST__AUTH_TOKENS=tok1,tok2`).
@@ -139,6 +166,7 @@ pub struct IngestSettings {
 impl Default for IngestSettings {
     fn default() -> Self {
         IngestSettings {
+            database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             auth_tokens: Vec::new(),
             allow_open: false,
@@ -206,12 +234,15 @@ impl Default for ConsumerSettings {
 /// port, so it is read through [`cost_projector_section`] or [`token_projector_section`].
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
+    /// The database URL the worker connects with, as its own role; unset = `database_url`.
+    pub database_url: Option<DatabaseUrl>,
     pub metrics_listen: SocketAddr,
 }
 
 impl WorkerSettings {
     fn on(port: u16) -> Self {
         WorkerSettings {
+            database_url: None,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], port)),
         }
     }
@@ -221,6 +252,7 @@ impl WorkerSettings {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WorkerSection {
+    database_url: Option<DatabaseUrl>,
     metrics_listen: Option<SocketAddr>,
 }
 
@@ -228,6 +260,7 @@ fn worker_section<'de, D: Deserializer<'de>>(d: D, port: u16) -> Result<WorkerSe
     let section = WorkerSection::deserialize(d)?;
     let default = WorkerSettings::on(port);
     Ok(WorkerSettings {
+        database_url: section.database_url,
         metrics_listen: section.metrics_listen.unwrap_or(default.metrics_listen),
     })
 }
@@ -243,6 +276,8 @@ fn token_projector_section<'de, D: Deserializer<'de>>(d: D) -> Result<WorkerSett
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StaleHeartbeatSettings {
+    /// The database URL the worker connects with, as its own role; unset = `database_url`.
+    pub database_url: Option<DatabaseUrl>,
     pub metrics_listen: SocketAddr,
     #[serde(with = "humantime_serde")]
     pub threshold: Duration,
@@ -256,6 +291,7 @@ pub struct StaleHeartbeatSettings {
 impl Default for StaleHeartbeatSettings {
     fn default() -> Self {
         StaleHeartbeatSettings {
+            database_url: None,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9102)),
             threshold: Duration::from_secs(30 * 60),
             check_interval: Duration::from_secs(60),
@@ -268,6 +304,8 @@ impl Default for StaleHeartbeatSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NotifierSettings {
+    /// The database URL the worker connects with, as its own role; unset = `database_url`.
+    pub database_url: Option<DatabaseUrl>,
     pub metrics_listen: SocketAddr,
     #[serde(deserialize_with = "some_secret")]
     pub discord_webhook_url: Option<SecretString>,
@@ -278,6 +316,7 @@ pub struct NotifierSettings {
 impl Default for NotifierSettings {
     fn default() -> Self {
         NotifierSettings {
+            database_url: None,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9105)),
             discord_webhook_url: None,
             events: [
@@ -361,9 +400,17 @@ impl Settings {
     /// Checks that serde's types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, what: &str| Err(ConfigError::Invalid(format!("{key}: {what}")));
-        let url = self.database_url.expose();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return bad("database_url", "expected a postgres:// URL");
+        let urls = std::iter::once(("database_url".to_owned(), Some(&self.database_url))).chain(
+            crate::roles::ROLES
+                .into_iter()
+                .map(|r| (format!("{}.database_url", r.section()), self.own_database_url(r))),
+        );
+        for (key, url) in urls {
+            if let Some(url) = url.map(DatabaseUrl::expose) {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return bad(&key, "expected a postgres:// URL");
+                }
+            }
         }
         if self.ingest.max_body_bytes < 1024 {
             return bad("ingest.max_body_bytes", "expected at least 1024 bytes");
@@ -378,6 +425,18 @@ impl Settings {
             .any(|t| t.expose_secret().trim().is_empty())
         {
             return bad("ingest.auth_tokens", "expected non-empty tokens");
+        }
+        // A secret set to nothing is a mistake (a variable left empty, a template not filled in),
+        // never a request to switch the check off: leave the key out for that.
+        let optional_secrets = [
+            ("ingest.github.webhook_secret", &self.ingest.github.webhook_secret),
+            ("stale_heartbeat.ingest_token", &self.stale_heartbeat.ingest_token),
+            ("notifier.discord_webhook_url", &self.notifier.discord_webhook_url),
+        ];
+        for (key, secret) in optional_secrets {
+            if secret.as_ref().is_some_and(|s| s.expose_secret().trim().is_empty()) {
+                return bad(key, "expected a non-empty value; leave the key out to unset it");
+            }
         }
         if let Err(e) = regex::Regex::new(&self.ingest.github.branch_issue_pattern) {
             return bad("ingest.github.branch_issue_pattern", &format!("not a valid regex: {e}"));
@@ -875,6 +934,74 @@ mod tests {
         // Other keys keep figment's full message.
         let e = from_env(&[("RIG_NOTIFIER__DRY_RUN", "maybe")]).unwrap_err().to_string();
         assert!(e.contains("notifier.dry_run") && e.contains("\"maybe\""), "{e}");
+    }
+
+    #[test]
+    fn an_empty_or_blank_secret_is_a_configuration_error_naming_its_key() {
+        for (var, key) in [
+            ("RIG_INGEST__GITHUB__WEBHOOK_SECRET", "ingest.github.webhook_secret"),
+            ("RIG_STALE_HEARTBEAT__INGEST_TOKEN", "stale_heartbeat.ingest_token"),
+            ("RIG_NOTIFIER__DISCORD_WEBHOOK_URL", "notifier.discord_webhook_url"),
+            ("RIG_INGEST__DATABASE_URL", "ingest.database_url"),
+            ("RIG_NOTIFIER__DATABASE_URL", "notifier.database_url"),
+            ("DATABASE_URL", "database_url"),
+        ] {
+            for blank in ["", "   ", "\t"] {
+                let e = from_env(&[(var, blank)]).unwrap_err().to_string();
+                assert!(e.contains(key), "{var}={blank:?}: {e}");
+            }
+        }
+        for toml in [
+            "[ingest.github]\nwebhook_secret = \"\"",
+            "[ingest.github]\nwebhook_secret = \" \"",
+            "[stale_heartbeat]\ningest_token = \"\"",
+            "[notifier]\ndiscord_webhook_url = \" \"",
+            "[ingest]\nauth_tokens = [\"tok\", \" \"]",
+        ] {
+            let e = from_toml(toml).unwrap_err().to_string();
+            let key = if toml.contains("webhook_secret") {
+                "ingest.github.webhook_secret"
+            } else if toml.contains("ingest_token") {
+                "stale_heartbeat.ingest_token"
+            } else if toml.contains("discord") {
+                "notifier.discord_webhook_url"
+            } else {
+                "ingest.auth_tokens"
+            };
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        // A secret with surrounding blanks is kept as it is written; only an empty one is refused.
+        let s = from_toml("[ingest.github]\nwebhook_secret = \" s3cret \"").unwrap();
+        assert!(s.ingest.github.webhook_secret.is_some());
+    }
+
+    #[test]
+    fn each_process_may_have_a_database_url_of_its_own() {
+        use crate::roles::{Role, ROLES};
+        let s = from_env(&[
+            ("DATABASE_URL", "postgres://owner@h/rig"),
+            ("RIG_INGEST__DATABASE_URL", "postgres://rig_ingest:pw-very-secret@h/rig"),
+            (
+                "RIG_TOKEN_PROJECTOR__DATABASE_URL",
+                "postgres://rig_token_projector@h/rig",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.database_url_for(Role::Ingest).expose(),
+            "postgres://rig_ingest:pw-very-secret@h/rig"
+        );
+        assert_eq!(
+            s.database_url_for(Role::TokenProjector).expose(),
+            "postgres://rig_token_projector@h/rig"
+        );
+        assert_eq!(s.database_url_for(Role::Notifier).expose(), "postgres://owner@h/rig");
+        assert!(!format!("{s:?}").contains("very-secret"));
+        for r in ROLES {
+            let toml = format!("[{}]\ndatabase_url = \"mysql://x\"", r.section());
+            let e = from_toml(&toml).unwrap_err().to_string();
+            assert!(e.contains(&format!("{}.database_url", r.section())), "{e}");
+        }
     }
 
     #[test]

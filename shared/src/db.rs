@@ -42,8 +42,12 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(connect_options(url)?))
 }
 
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+/// Creates the database roles the processes connect as (see `roles`), then applies the
+/// migrations, which grant those roles their privileges in this database.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    crate::roles::ensure(&pool.connect_options()).await?;
+    MIGRATOR.run(pool).await?;
+    Ok(())
 }
 
 /// True for errors worth retrying: the database is away, restarting, overloaded, or the

@@ -90,6 +90,9 @@ pub async fn start_worker(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(PgPool, tokio::task::JoinHandle<()>)> {
     let pool = crate::db::pool(database_url, pool_size)?;
+    if let Some(role) = crate::roles::Role::for_binary(name) {
+        crate::roles::warn_if_privileged(&pool, role);
+    }
     let ops = router(OpsState {
         pool: pool.clone(),
         metrics,
@@ -110,15 +113,9 @@ pub async fn run_projection<P: crate::consumer::Projection>(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (pool, server) = start_worker(
-        name,
-        settings.database_url.expose(),
-        pool_size,
-        listen,
-        metrics,
-        &shutdown,
-    )
-    .await?;
+    // Each projector connects as its own role (see `roles`), named after its binary.
+    let url = crate::roles::Role::for_binary(name).map_or(&settings.database_url, |r| settings.database_url_for(r));
+    let (pool, server) = start_worker(name, url.expose(), pool_size, listen, metrics, &shutdown).await?;
     let cfg = crate::consumer::ConsumerConfig::from_settings(&settings.consumer);
     let result = crate::consumer::Consumer::new(pool, projection, cfg)
         .run(shutdown.clone())

@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
+pub use shared::roles::Role;
+
 /// The Postgres server the suite uses: DATABASE_URL, else 127.0.0.1:5432, else a private cluster
 /// (kept for the life of the test process).
 static SERVER: OnceCell<String> = OnceCell::const_new();
@@ -108,6 +110,21 @@ impl TestDb {
             pool,
             admin_url,
         }
+    }
+
+    /// The URL of this database for `role`'s process: the owner's with the role's name (the
+    /// suite's server trusts local connections).
+    pub fn url_as(&self, role: Role) -> String {
+        shared::roles::url_as(&self.url, role).unwrap()
+    }
+
+    /// A small pool connected as `role`.
+    pub async fn pool_as(&self, role: Role) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.url_as(role))
+            .await
+            .unwrap_or_else(|e| panic!("connect as {}: {e}", role.name()))
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
@@ -209,7 +226,10 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `binary` with the given environment (on top of a clean RIG_ environment).
+    /// Spawns `binary` with the given environment (on top of a clean RIG_ environment). A
+    /// process that has a database role of its own (ingest and the workers) connects as it: the
+    /// `DATABASE_URL` given names the owner, as for `rigctl`, and is given to it with the role's
+    /// name instead, as `rigctl up` does.
     pub fn spawn(binary: &str, args: &[&str], env: &[(&str, String)]) -> Proc {
         let log = std::env::temp_dir().join(format!("rig-test-{binary}-{}.log", uuid::Uuid::new_v4().simple()));
         let file = std::fs::File::create(&log).unwrap();
@@ -224,8 +244,12 @@ impl Proc {
             }
         }
         cmd.env("RIG_CONFIG", "/dev/null").env("RUST_LOG", "info");
+        let role = Role::for_binary(binary);
         for (k, v) in env {
-            cmd.env(k, v);
+            match role {
+                Some(role) if *k == "DATABASE_URL" => cmd.env(k, shared::roles::url_as(v, role).unwrap()),
+                _ => cmd.env(k, v),
+            };
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
         Proc {
@@ -366,16 +390,23 @@ impl TestIngest {
         Self::start_with(db, |_| {}).await
     }
 
+    /// Ingest connects as its own role, `rig_ingest`, as it does in production.
     pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut shared::Settings)) -> TestIngest {
         let mut settings = shared::Settings {
             database_url: shared::config::DatabaseUrl(db.url.clone()),
             ..Default::default()
         };
+        settings.ingest.database_url = Some(shared::config::DatabaseUrl(db.url_as(Role::Ingest)));
         settings.ingest.listen = "127.0.0.1:0".parse().unwrap();
         tweak(&mut settings);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect(settings.database_url_for(Role::Ingest).expose())
+            .await
+            .unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let metrics = shared::telemetry::metrics_handle();
-        let (addr, _task) = rig_ingest::start(settings, db.pool.clone(), metrics, shutdown.clone())
+        let (addr, _task) = rig_ingest::start(settings, pool, metrics, shutdown.clone())
             .await
             .context("start ingest")
             .unwrap();
@@ -426,6 +457,19 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
         }
     }
     out
+}
+
+/// Pids of live processes connected to `db_url`'s database, as its owner or as any of the
+/// roles (`rigctl up` gives each process its role's URL).
+pub fn processes_on_database(db_url: &str) -> Vec<i32> {
+    let mut pids = processes_with_env("DATABASE_URL", db_url);
+    for role in shared::roles::ROLES {
+        pids.extend(processes_with_env(
+            "DATABASE_URL",
+            &shared::roles::url_as(db_url, role).unwrap(),
+        ));
+    }
+    pids
 }
 
 /// Environment for a whole system under test: the database and a free port for every listener.
@@ -557,6 +601,7 @@ pub fn procfile_workers() -> Vec<String> {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Procfile")).expect("read the Procfile");
     let workers: Vec<String> = procfile
         .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_once(':'))
         .filter_map(|(_, cmd)| cmd.split_whitespace().next().map(str::to_owned))
         .collect();
@@ -592,7 +637,7 @@ impl Drop for RigctlUp {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        for pid in processes_with_env("DATABASE_URL", &self.db_url) {
+        for pid in processes_on_database(&self.db_url) {
             // SAFETY: signalling a process this test started (found by its unique database URL).
             unsafe {
                 libc::kill(pid, libc::SIGKILL);

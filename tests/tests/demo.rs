@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use rig_tests::{
-    enc, get_json, processes_with_env, procfile_workers, wait_for, wait_http_ok, RigctlUp, SystemPorts, TestDb,
+    enc, get_json, processes_on_database, procfile_workers, wait_for, wait_http_ok, RigctlUp, SystemPorts, TestDb,
 };
 use serde_json::Value;
 use std::time::Duration;
@@ -212,7 +212,7 @@ async fn demo_works_issues_to_done_catches_the_silent_agent_and_ctrl_c_stops_eve
         up.log_text()
     );
     let left = wait_for("no process left behind", Duration::from_secs(10), || async {
-        let pids = processes_with_env("DATABASE_URL", &db.url);
+        let pids = processes_on_database(&db.url);
         pids.is_empty().then_some(pids)
     })
     .await;

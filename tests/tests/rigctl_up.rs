@@ -2,7 +2,7 @@
 //! stops all of them cleanly on Ctrl-C (SIGINT), leaving no process behind.
 #![allow(clippy::unwrap_used)]
 
-use rig_tests::{processes_with_env, procfile_workers, wait_for, wait_http_ok, RigctlUp, SystemPorts, TestDb};
+use rig_tests::{processes_on_database, procfile_workers, wait_for, wait_http_ok, RigctlUp, SystemPorts, TestDb};
 use std::time::Duration;
 
 #[tokio::test]
@@ -19,7 +19,7 @@ async fn rigctl_up_starts_everything_and_ctrl_c_stops_it_all() {
     .await;
     let expected = workers.iter().filter(|w| w.as_str() != "rigctl").count();
     let running = wait_for("every Procfile process to run", Duration::from_secs(30), || async {
-        let pids = processes_with_env("DATABASE_URL", &db.url);
+        let pids = processes_on_database(&db.url);
         // rigctl itself got DATABASE_URL from the test too.
         (pids.len() > expected).then_some(pids)
     })
@@ -34,7 +34,7 @@ async fn rigctl_up_starts_everything_and_ctrl_c_stops_it_all() {
         up.log_text()
     );
     let left = wait_for("no process left behind", Duration::from_secs(10), || async {
-        let pids = processes_with_env("DATABASE_URL", &db.url);
+        let pids = processes_on_database(&db.url);
         pids.is_empty().then_some(pids)
     })
     .await;

@@ -8,6 +8,10 @@
 //! - A delivery is stored at most once. Event ids derive from `X-GitHub-Delivery`, the events are
 //!   appended first and the delivery recorded after, so a crash in between is healed by
 //!   GitHub's redelivery, which the idempotent append turns into a no-op.
+//! - A delivery is known by its body too: the SHA-256 of the raw (signed) body is recorded with
+//!   it, and the same body under another delivery id is that same delivery (a replayed request
+//!   cannot append again by changing the id header, which the signature does not cover). The
+//!   deliveries of one body are handled one at a time, across ingest processes.
 //! - What cannot be linked to an issue is counted, logged and not stored; still 202, because
 //!   GitHub cannot do anything better with it. Such a delivery stays open to a later redelivery
 //!   (the PR it needs may have been reported meanwhile); every other recorded delivery answers
@@ -30,11 +34,11 @@ use hmac::{Hmac, Mac};
 use regex::Regex;
 use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use shared::events;
 use shared::stream_id::MAX_ISSUE_NUMBER;
 use shared::StreamId;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -49,6 +53,8 @@ pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 const NAMESPACE: Uuid = Uuid::from_u128(0x3f0c_52a4_8e1b_4c6e_9a57_d2b1_64e0_a9c3);
 /// GitHub gives up after 10 s; answer (even with a 503) well before.
 const DEADLINE: Duration = Duration::from_secs(8);
+/// Class of the advisory locks that serialize the deliveries of one body (`"ghub"`).
+const BODY_LOCK_CLASS: i32 = 0x6768_7562;
 /// Most issues one delivery may land on (a PR closing several issues).
 const MAX_LINKS: usize = 10;
 
@@ -531,10 +537,72 @@ async fn handle(
         v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
     })?;
 
-    let previous: Option<String> = sqlx::query_scalar("SELECT outcome FROM github_deliveries WHERE delivery_id = $1")
-        .bind(delivery)
-        .fetch_optional(&state.pool)
+    // One body at a time: copies sent at once are looked up after each other, so only the first
+    // can append. A transaction-scoped advisory lock (released when `serial` ends, however this
+    // ends), keyed on the body's hash in a class of its own, apart from the single-key locks of
+    // the append and the consumers. The delivery's own reads and its record use that same
+    // connection, so the lock holder never waits for the pool behind the copies waiting for it;
+    // the record commits as the lock is released.
+    let body_sha256: [u8; 32] = Sha256::digest(&bytes).into();
+    let mut serial = state.pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(BODY_LOCK_CLASS)
+        .bind(i32::from_be_bytes([
+            body_sha256[0],
+            body_sha256[1],
+            body_sha256[2],
+            body_sha256[3],
+        ]))
+        .execute(&mut *serial)
         .await?;
+    let answer = handle_delivery(state, &mut serial, headers, &bytes, event, delivery, &body_sha256).await?;
+    serial.commit().await?;
+    Ok(answer)
+}
+
+/// A delivery, once no other with the same body is being handled.
+async fn handle_delivery(
+    state: &AppState,
+    db: &mut PgConnection,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    event: &str,
+    delivery: &str,
+    body_sha256: &[u8; 32],
+) -> Result<Answer, ApiError> {
+    let gh = &state.settings.ingest.github;
+    // This delivery's record, else the record of the delivery that brought the same body.
+    let previous: Option<(String, String)> = sqlx::query_as(
+        "SELECT delivery_id, outcome FROM github_deliveries WHERE delivery_id = $1 OR body_sha256 = $2 \
+         ORDER BY delivery_id = $1 DESC LIMIT 1",
+    )
+    .bind(delivery)
+    .bind(&body_sha256[..])
+    .fetch_optional(&mut *db)
+    .await?;
+    let (first, previous) = match previous {
+        Some((id, outcome)) => (Some(id), Some(outcome)),
+        None => (None, None),
+    };
+    if let Some(first) = first.as_deref().filter(|f| *f != delivery) {
+        let outcome = previous.as_deref().unwrap_or_default();
+        if outcome != "unlinked" {
+            tracing::info!(
+                delivery,
+                first,
+                event,
+                "github delivery repeats the body of an earlier one: nothing to do"
+            );
+            return Ok(Answer {
+                status: StatusCode::OK,
+                outcome: "redelivery",
+                body: json!({"status": "redelivery", "delivery": delivery, "duplicate_of": first, "outcome": outcome}),
+            });
+        }
+    }
+    // The same body as an earlier delivery that could not be linked: that delivery again, under
+    // its own id (its event ids, its record).
+    let delivery = first.as_deref().unwrap_or(delivery);
     // A redelivery is answered 200 (SPEC §6) and never stores anything twice. One that could
     // not be linked before is looked at again (its PR may be known by now: an operator fixes
     // the link and redelivers), as the same event ids.
@@ -548,7 +616,7 @@ async fn handle(
         });
     }
     if event == "ping" {
-        record(&state.pool, delivery, event, None, "ping").await?;
+        record(&mut *db, delivery, body_sha256, event, None, "ping").await?;
         return Ok(Answer {
             status: StatusCode::OK,
             outcome: "ignored",
@@ -556,7 +624,7 @@ async fn handle(
         });
     }
 
-    let payload = parse_payload(headers, &bytes)?;
+    let payload = parse_payload(headers, bytes)?;
     let action = str_at(&payload, "/action");
     // The action is recorded with the delivery, whatever it maps to: held to the rules of an id.
     if let Some(a) = action {
@@ -572,13 +640,13 @@ async fn handle(
     let (repo, target, draft) = match plan(event, &payload, &gh.approve_label).map_err(ApiError::InvalidRequest)? {
         Plan::Ignore(why) => {
             tracing::debug!(delivery, event, action, why, "github delivery ignored");
-            record(&state.pool, delivery, event, action, "ignored").await?;
+            record(&mut *db, delivery, body_sha256, event, action, "ignored").await?;
             return Ok(answer(StatusCode::ACCEPTED, "ignored", json!({"detail": why})));
         }
         Plan::Emit { repo, target, draft } => (repo, target, draft),
     };
 
-    let known = issues_of_prs(&state.pool, &repo, &prs_to_look_up(&target)).await?;
+    let known = issues_of_prs(&mut *db, &repo, &prs_to_look_up(&target)).await?;
     let links = links(&target, &repo, &state.branch_issue_re, &known);
     if links.is_empty() {
         metrics::counter!("rig_github_unlinked_total", "event" => event_label(Some(event))).increment(1);
@@ -589,7 +657,7 @@ async fn handle(
             repo,
             "github delivery not linked to any issue; not stored"
         );
-        record(&state.pool, delivery, event, action, "unlinked").await?;
+        record(&mut *db, delivery, body_sha256, event, action, "unlinked").await?;
         let detail = unlinked_detail(&repo, &target);
         let status = if redelivered {
             StatusCode::OK
@@ -642,7 +710,7 @@ async fn handle(
         }
         streams.push(stream.to_string());
     }
-    record(&state.pool, delivery, event, action, "appended").await?;
+    record(&mut *db, delivery, body_sha256, event, action, "appended").await?;
     let fields = json!({"type": draft.event_type, "streams": streams, "events": written});
     if written == 0 {
         // Stored by an attempt whose answer was lost before the delivery was recorded.
@@ -682,7 +750,7 @@ fn unlinked_detail(repo: &str, target: &Target) -> String {
 
 /// PR number → issues of `repo` whose stream recorded a PR_CREATED for it, any time: from
 /// GitHub or from an agent, first attempt or latest.
-async fn issues_of_prs(pool: &PgPool, repo: &str, prs: &[i64]) -> Result<HashMap<i64, Vec<i64>>, sqlx::Error> {
+async fn issues_of_prs(db: &mut PgConnection, repo: &str, prs: &[i64]) -> Result<HashMap<i64, Vec<i64>>, sqlx::Error> {
     let mut known: HashMap<i64, Vec<i64>> = HashMap::new();
     if prs.is_empty() {
         return Ok(known);
@@ -698,7 +766,7 @@ async fn issues_of_prs(pool: &PgPool, repo: &str, prs: &[i64]) -> Result<HashMap
     )
     .bind(repo)
     .bind(&numbers)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     for (pr, stream) in rows {
         let issue = StreamId::parse(&stream).ok().and_then(|s| s.issue_number());
@@ -714,22 +782,27 @@ async fn issues_of_prs(pool: &PgPool, repo: &str, prs: &[i64]) -> Result<HashMap
 
 /// Records a taken delivery; an unlinked one may be upgraded by a later redelivery.
 async fn record(
-    pool: &PgPool,
+    db: &mut PgConnection,
     delivery: &str,
+    body_sha256: &[u8; 32],
     event: &str,
     action: Option<&str>,
     outcome: &str,
 ) -> Result<(), sqlx::Error> {
+    // A delivery recorded before bodies were (NULL) gets its body's hash when it comes again.
     sqlx::query(
-        "INSERT INTO github_deliveries (delivery_id, github_event, action, outcome) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (delivery_id) DO UPDATE SET outcome = excluded.outcome, received_at = now() \
+        "INSERT INTO github_deliveries (delivery_id, github_event, action, outcome, body_sha256) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (delivery_id) DO UPDATE SET outcome = excluded.outcome, received_at = now(), \
+         body_sha256 = coalesce(github_deliveries.body_sha256, excluded.body_sha256) \
          WHERE github_deliveries.outcome = 'unlinked'",
     )
     .bind(delivery)
     .bind(event)
     .bind(action)
     .bind(outcome)
-    .execute(pool)
+    .bind(&body_sha256[..])
+    .execute(db)
     .await?;
     Ok(())
 }

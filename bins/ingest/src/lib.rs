@@ -159,8 +159,9 @@ pub fn check_exposure(settings: &Settings) -> anyhow::Result<()> {
 /// Connects, migrates, serves until `shutdown`.
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
     check_exposure(&settings)?;
-    let pool = shared::db::pool(settings.database_url.expose(), 16)?;
+    let pool = shared::db::pool(settings.database_url_for(shared::roles::Role::Ingest).expose(), 16)?;
     shared::db::check_schema(&pool).await?;
+    shared::roles::warn_if_privileged(&pool, shared::roles::Role::Ingest);
     let (addr, server) = start(settings, pool, metrics, shutdown).await?;
     tracing::info!(%addr, "rig-ingest listening");
     server.await?;

@@ -37,7 +37,7 @@ pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: Cancel
     };
     let (pool, server) = shared::ops::start_worker(
         "rig-notifier",
-        settings.database_url.expose(),
+        settings.database_url_for(shared::roles::Role::Notifier).expose(),
         POOL_SIZE,
         n.metrics_listen,
         metrics,

@@ -9,6 +9,7 @@ pub mod up;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shared::roles::{Role, ROLES};
 use shared::Settings;
 use sqlx::PgPool;
 use std::process::ExitCode;
@@ -31,7 +32,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the database if needed and apply the migrations.
+    /// Create the database if needed, create the processes' database roles, apply the migrations.
+    ///
+    /// Run it as the role that owns the tables. Each process connects as a role of its own
+    /// (rig_ingest, rig_token_projector, rig_cost_projector, rig_stale_heartbeat, rig_notifier):
+    /// where a process's URL is configured with a password (ingest.database_url,
+    /// token_projector.database_url, …, or RIG_INGEST__DATABASE_URL and so on), that password is
+    /// set on its role.
     Migrate,
     /// Run every process of the Procfile (finding or starting Postgres, migrating first) until Ctrl-C.
     Up(up::UpArgs),
@@ -94,6 +101,23 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 "migrated {} ({n} migrations applied or already current)",
                 settings.database_url
             );
+            // Each process's own URL, where configured, carries its role's password.
+            let urls: Vec<(Role, &str)> = ROLES
+                .into_iter()
+                .filter_map(|r| settings.own_database_url(r).map(|u| (r, u.expose())))
+                .collect();
+            let (set, notes) = shared::roles::set_passwords(&pool.connect_options(), &urls).await?;
+            for note in notes {
+                println!("{note}");
+            }
+            let names = |roles: &mut dyn Iterator<Item = Role>| roles.map(Role::name).collect::<Vec<_>>().join(", ");
+            println!("database roles: {}", names(&mut ROLES.into_iter()));
+            if !set.is_empty() {
+                println!(
+                    "passwords set from the processes' database URLs: {}",
+                    names(&mut set.into_iter())
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(args) => up::run(args).await,

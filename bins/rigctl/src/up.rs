@@ -2,6 +2,8 @@
 //! starts every process of the Procfile with its output prefixed by its name, and on Ctrl-C (or
 //! SIGTERM) stops them all: SIGTERM first, SIGKILL for any still running after a grace period.
 //! If one process dies, the others are stopped too, so a broken system is never half up.
+//! Migrations run as the configured (owner) role; each process of the Procfile connects as its
+//! own least-privilege role (see `shared::roles`).
 //!
 //! `--demo` adds a simulated rig (`rigctl simulate`, started two seconds after the rest), runs
 //! the notifier in dry-run, catches silent agents after 20 s instead of 30 min, and, when no
@@ -10,6 +12,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
+use shared::roles::Role;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -218,9 +221,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut running: Vec<Running> = Vec::new();
     let (line_tx, line_rx) = std::sync::mpsc::channel::<(String, String)>();
     let width = lines.iter().map(|l| l.name.len()).max().unwrap_or(6).max(8);
+    // Each process connects as its own role: the URL configured for it, else the owner's URL
+    // with the role's name (no password: enough where the server trusts local connections).
+    let configured = pg.private.is_none() && db_url == settings.database_url.expose();
     for l in &lines {
         if l.name == "release" {
             continue; // migrations ran above
+        }
+        let mut env = env.clone();
+        if let Some(role) = Role::for_binary(&l.command[0]) {
+            let url = match settings.own_database_url(role).filter(|_| configured) {
+                Some(own) => own.expose().to_owned(),
+                None => shared::roles::url_as(&db_url, role)?,
+            };
+            env.insert("DATABASE_URL".into(), url);
         }
         match spawn(l, &env, &line_tx) {
             Ok(child) => running.push(Running {

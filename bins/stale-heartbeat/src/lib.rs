@@ -21,7 +21,7 @@ const POOL_SIZE: u32 = 5;
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (pool, server) = shared::ops::start_worker(
         "rig-stale-heartbeat",
-        settings.database_url.expose(),
+        settings.database_url_for(shared::roles::Role::StaleHeartbeat).expose(),
         POOL_SIZE,
         settings.stale_heartbeat.metrics_listen,
         metrics,
