@@ -20,6 +20,14 @@ pub enum ApiError {
     Append(AppendError),
     Database(sqlx::Error),
     BadSignature(&'static str),
+    /// A write whose body is not declared `application/json`.
+    UnsupportedMediaType(&'static str),
+    /// A request from another site's page (its `Origin`).
+    ForbiddenOrigin(String),
+    /// A `Host` that is not this server's name (DNS rebinding).
+    MisdirectedRequest(String),
+    /// `ingest.request_timeout` passed before the answer was ready.
+    RequestTimeout,
 }
 
 impl From<AppendError> for ApiError {
@@ -63,6 +71,19 @@ impl ApiError {
             Unauthorized(d) => (StatusCode::UNAUTHORIZED, body("unauthorized", (*d).to_owned())),
             BadSignature(d) => (StatusCode::UNAUTHORIZED, body("bad_signature", (*d).to_owned())),
             NotFound(d) => (StatusCode::NOT_FOUND, body("not_found", d.clone())),
+            UnsupportedMediaType(d) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                body("unsupported_media_type", (*d).to_owned()),
+            ),
+            ForbiddenOrigin(d) => (StatusCode::FORBIDDEN, body("forbidden_origin", d.clone())),
+            MisdirectedRequest(d) => (StatusCode::MISDIRECTED_REQUEST, body("misdirected_request", d.clone())),
+            RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                body(
+                    "request_timeout",
+                    "the request took longer than ingest.request_timeout; retry (with the same event ids)".into(),
+                ),
+            ),
             Append(e) => match e {
                 AppendError::WrongExpectedVersion { expected, current } => (
                     StatusCode::CONFLICT,
