@@ -65,7 +65,10 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
     let webhooks = Router::new()
         .route("/v1/github/webhook", post(github::webhook))
         .route("/api/webhook/github", post(github::webhook))
-        .route_layer(axum::middleware::from_fn(require_json_for_webhook));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_json_for_webhook,
+        ));
     let request_timeout = state.settings.ingest.request_timeout;
     let browser = BrowserRules::new(&state.settings, state.local_addr);
     Router::new()
@@ -123,25 +126,36 @@ async fn require_json(req: Request, next: Next) -> Response {
     }
 }
 
-/// [`require_json`] for the GitHub webhook, whose fix is in GitHub's settings.
-async fn require_json_for_webhook(req: Request, next: Next) -> Response {
-    if is_json(req.headers()) {
+/// [`require_json`] for the GitHub webhook. GitHub may also send a form
+/// (`application/x-www-form-urlencoded`, `payload=<json>`, its settings' default), which any web
+/// page can send too: it is taken only when `ingest.github.webhook_secret` is set, so that its
+/// signature proves it came from GitHub.
+async fn require_json_for_webhook(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let signed = state.settings.ingest.github.webhook_secret.is_some();
+    if is_json(req.headers()) || (signed && has_media_type(req.headers(), "application/x-www-form-urlencoded")) {
         next.run(req).await
     } else {
-        ApiError::UnsupportedMediaType(
-            "the webhook takes JSON: set its Content type to application/json in the repository's webhook settings",
-        )
+        ApiError::UnsupportedMediaType(if signed {
+            "the webhook takes JSON or a form: set its Content type in the repository's webhook settings"
+        } else {
+            "with no ingest.github.webhook_secret the webhook takes JSON only (a form could come from any web page): \
+             set its Content type to application/json in the repository's webhook settings, or set the secret"
+        })
         .into_response()
     }
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`), in any case.
 fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    has_media_type(headers, "application/json")
+}
+
+fn has_media_type(headers: &axum::http::HeaderMap, media_type: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(media_type))
 }
 
 /// What a browser may name when it talks to ingest. A page from another site must not use ingest
