@@ -161,8 +161,11 @@ fn has_media_type(headers: &axum::http::HeaderMap, media_type: &str) -> bool {
 /// What a browser may name when it talks to ingest. A page from another site must not use ingest
 /// through its visitor's browser: its requests carry an `Origin` that is not ingest's own
 /// (refused, 403, on every route and in every mode: no legitimate client of ingest is another
-/// site's page), or, through DNS rebinding, a `Host` that is the attacker's name (refused, 421,
-/// when ingest listens on loopback, where its only names are its address and `localhost`).
+/// site's page), or, through DNS rebinding, a `Host` that is the attacker's domain name (refused,
+/// 421, when ingest listens on loopback: there a client names it by an address or `localhost`,
+/// never by a domain). The `Host` port is not compared, so a local proxy that forwards the
+/// client's `Host` (a test's TCP relay, say) still works; a browser always sends the name it
+/// resolved, which is what the rule is about.
 #[derive(Clone)]
 pub struct BrowserRules {
     local: SocketAddr,
@@ -177,7 +180,14 @@ impl BrowserRules {
         }
     }
 
-    /// `host[:port]` names this server: its own address or `localhost`, on its port.
+    /// The host part of a `Host` header is `localhost` or a loopback address (or ours).
+    fn host_is_local(&self, authority: &str) -> bool {
+        let (host, _) = split_authority(authority);
+        host.eq_ignore_ascii_case("localhost")
+            || parse_ip(host).is_some_and(|ip| ip.is_loopback() || ip == self.local.ip())
+    }
+
+    /// `host[:port]` names this server exactly: its own address or `localhost`, on its port.
     fn names_us(&self, authority: &str) -> bool {
         let (host, port) = split_authority(authority);
         let port = match port {
@@ -187,16 +197,14 @@ impl BrowserRules {
                 Err(_) => return false,
             },
         };
-        if port != self.local.port() {
-            return false;
-        }
-        host.eq_ignore_ascii_case("localhost")
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip == self.local.ip())
+        port == self.local.port()
+            && (host.eq_ignore_ascii_case("localhost") || parse_ip(host).is_some_and(|ip| ip == self.local.ip()))
     }
+}
+
+/// `127.0.0.1` or `[::1]` as an address.
+fn parse_ip(host: &str) -> Option<std::net::IpAddr> {
+    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
 }
 
 /// `example.com:8080` → (`example.com`, `8080`); `[::1]:8080` → (`[::1]`, `8080`).
@@ -220,11 +228,9 @@ async fn browser_rules(State(rules): State<BrowserRules>, req: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
-    if rules.check_host && !host.as_deref().is_some_and(|h| rules.names_us(h)) {
+    if rules.check_host && !host.as_deref().is_some_and(|h| rules.host_is_local(h)) {
         return ApiError::MisdirectedRequest(format!(
-            "this server answers to {} or localhost:{} only (Host {:?})",
-            rules.local,
-            rules.local.port(),
+            "listening on loopback, this server answers to its address or localhost only, not Host {:?}",
             host.unwrap_or_default()
         ))
         .into_response();
