@@ -772,7 +772,11 @@ mod tests {
         assert_eq!(s.ingest.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(s.ingest.header_read_timeout, Duration::from_secs(10));
         assert_eq!(s.ingest.read_pool_size, 4);
-        let s = from_env(&[("RIG_INGEST__SHUTDOWN_TIMEOUT", "3s"), ("RIG_INGEST__MAX_CONNECTIONS", "8")]).unwrap();
+        let s = from_env(&[
+            ("RIG_INGEST__SHUTDOWN_TIMEOUT", "3s"),
+            ("RIG_INGEST__MAX_CONNECTIONS", "8"),
+        ])
+        .unwrap();
         assert_eq!(s.ingest.shutdown_timeout, Duration::from_secs(3));
         assert_eq!(s.ingest.max_connections, 8);
         for bad in ["read_pool_size = 0", "max_connections = 0", "request_timeout = \"0s\""] {

@@ -614,7 +614,10 @@ async fn without_a_secret_unsigned_json_deliveries_are_accepted_and_forms_only_w
     closed["action"] = json!("closed");
     let body = format!(
         "payload={}",
-        percent_encoding::utf8_percent_encode(&serde_json::to_string(&closed).unwrap(), percent_encoding::NON_ALPHANUMERIC)
+        percent_encoding::utf8_percent_encode(
+            &serde_json::to_string(&closed).unwrap(),
+            percent_encoding::NON_ALPHANUMERIC
+        )
     );
     let form = |ingest: &TestIngest| {
         reqwest::Client::new()
@@ -626,7 +629,10 @@ async fn without_a_secret_unsigned_json_deliveries_are_accepted_and_forms_only_w
     };
     let r = form(&ingest).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(types(&read_stream(&ingest, "codertocat/hello-world#1").await), ["ISSUE_APPROVED"]);
+    assert_eq!(
+        types(&read_stream(&ingest, "codertocat/hello-world#1").await),
+        ["ISSUE_APPROVED"]
+    );
 
     // Signed, it is GitHub's: accepted.
     let signed = start(&db).await;

@@ -84,8 +84,16 @@ async fn a_client_sending_headers_byte_by_byte_is_cut_off() {
             break;
         }
     }
-    assert!(cut, "a client still sending its headers after {:?} was not cut off", started.elapsed());
-    assert!(started.elapsed() < Duration::from_secs(5), "cut off only after {:?}", started.elapsed());
+    assert!(
+        cut,
+        "a client still sending its headers after {:?} was not cut off",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut off only after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -168,7 +176,10 @@ async fn sigterm_with_idle_clients_exits_within_the_shutdown_deadline() {
     kept.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    assert_eq!(status_of(&read_head(&mut kept, Duration::from_secs(5)).await.unwrap()), 200);
+    assert_eq!(
+        status_of(&read_head(&mut kept, Duration::from_secs(5)).await.unwrap()),
+        200
+    );
     let _silent = TcpStream::connect(addr).await.unwrap();
     let mut stalled = TcpStream::connect(addr).await.unwrap();
     stalled
@@ -208,7 +219,10 @@ async fn sigterm_with_idle_clients_exits_within_the_shutdown_deadline() {
     let (status, _ingest) = status;
     let status = status.unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "exit status {status:?}");
-    assert!(waited < Duration::from_secs(5), "exited only after {waited:?} (deadline 2 s)");
+    assert!(
+        waited < Duration::from_secs(5),
+        "exited only after {waited:?} (deadline 2 s)"
+    );
     assert_eq!(db.events().await, 1);
 }
 
@@ -258,7 +272,12 @@ async fn open_mode_refuses_what_a_browser_page_could_send() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"], "unsupported_media_type", "{v}");
     }
-    let r = c.post(ingest.url("/v1/events")).body(body.to_string()).send().await.unwrap();
+    let r = c
+        .post(ingest.url("/v1/events"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "no Content-Type at all");
 
     // Another site's page.
@@ -273,7 +292,11 @@ async fn open_mode_refuses_what_a_browser_page_could_send() {
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{method} {path} from another origin");
     }
     // DNS rebinding: a name that resolves here but is not ours.
-    for host in ["evil.example", "evil.example:80", &format!("rebind.example:{}", addr.port())] {
+    for host in [
+        "evil.example",
+        "evil.example:80",
+        &format!("rebind.example:{}", addr.port()),
+    ] {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(format!("GET /v1/issues HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
             .await
@@ -300,7 +323,10 @@ async fn open_mode_refuses_what_a_browser_page_could_send() {
     s.write_all(format!("GET /v1/issues HTTP/1.1\r\nHost: localhost:{}\r\n\r\n", addr.port()).as_bytes())
         .await
         .unwrap();
-    assert_eq!(status_of(&read_head(&mut s, Duration::from_secs(5)).await.unwrap()), 200);
+    assert_eq!(
+        status_of(&read_head(&mut s, Duration::from_secs(5)).await.unwrap()),
+        200
+    );
 }
 
 #[tokio::test]
@@ -355,7 +381,12 @@ async fn fill(c: &reqwest::Client, ingest: &TestIngest, stream: &str, ty: &str, 
         let events: Vec<Value> = (0..k)
             .map(|_| json!({"type": ty, "data": {"agent_id": agent}}))
             .collect();
-        let (s, v) = post(c, &ingest.url("/v1/events"), &json!({"stream_id": stream, "events": events})).await;
+        let (s, v) = post(
+            c,
+            &ingest.url("/v1/events"),
+            &json!({"stream_id": stream, "events": events}),
+        )
+        .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         left -= k;
     }
@@ -386,7 +417,10 @@ async fn stream_reads_are_paged_by_default_and_say_where_to_go_on() {
         // Paging on to the end.
         let (_, rest) = get_json(&c, &ingest.url(&format!("/v1/streams/{}?from_version=1001", enc(sid)))).await;
         assert_eq!(rest["events"].as_array().unwrap().len(), 500);
-        assert!(rest.get("next_from_version").is_none(), "{sid}: nothing follows the last page");
+        assert!(
+            rest.get("next_from_version").is_none(),
+            "{sid}: nothing follows the last page"
+        );
         assert_eq!(rest["events"][0]["version"], 1001);
     }
     // The issue's state is the whole stream's, up to a cut too.
@@ -458,7 +492,10 @@ async fn lists_take_a_limit_and_say_when_more_follow() {
         .await
         .unwrap();
     }
-    for (path, key) in [("/v1/usage?limit=2", "usage"), ("/v1/costs/daily?days=1&limit=2", "costs")] {
+    for (path, key) in [
+        ("/v1/usage?limit=2", "usage"),
+        ("/v1/costs/daily?days=1&limit=2", "costs"),
+    ] {
         let (s, v) = get_json(&c, &ingest.url(path)).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v[key].as_array().unwrap().len(), 2, "{path}: {v}");
@@ -559,7 +596,9 @@ async fn readers_of_a_long_stream_get_bounded_answers_while_appends_go_on() {
     }
     assert!(reads > 0, "some reads were answered");
     let n = wait_for("the appends to be stored", Duration::from_secs(5), || async {
-        let n = db.count("SELECT count(*) FROM events WHERE stream_id LIKE 'agent:burst-%'").await;
+        let n = db
+            .count("SELECT count(*) FROM events WHERE stream_id LIKE 'agent:burst-%'")
+            .await;
         (n == 200).then_some(n)
     })
     .await;

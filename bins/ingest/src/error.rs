@@ -12,7 +12,10 @@ pub enum ApiError {
     MalformedJson(String),
     InvalidRequest(String),
     InvalidStreamId(String),
-    InvalidEvent { index: usize, detail: String },
+    InvalidEvent {
+        index: usize,
+        detail: String,
+    },
     TooManyEvents(usize),
     BodyTooLarge(usize),
     Unauthorized(&'static str),

@@ -241,7 +241,8 @@ async fn browser_rules(State(rules): State<BrowserRules>, req: Request, next: Ne
             .strip_prefix("http://")
             .or_else(|| origin.strip_prefix("https://"))
             .filter(|a| !a.is_empty() && !a.contains('/'));
-        let ours = authority.is_some_and(|a| rules.names_us(a) || host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(a)));
+        let ours =
+            authority.is_some_and(|a| rules.names_us(a) || host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(a)));
         if !ours {
             return ApiError::ForbiddenOrigin(format!(
                 "requests from web pages of other sites are refused (Origin {origin:?})"

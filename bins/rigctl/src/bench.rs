@@ -1277,16 +1277,29 @@ async fn read_burst(ingest_addr: SocketAddr, sizes: &Sizes, ingest: IngestProbe<
     let sid = "bench/read-burst#1";
     let enc = sid.replace('/', "%2F").replace('#', "%23");
     let mut conn = Conn::connect(ingest_addr).await.map_err(|e| anyhow!(e))?;
-    let approve = format!(r#"{{"stream_id":"{sid}","events":[{{"type":"ISSUE_APPROVED","data":{{"title":"read burst"}}}}]}}"#);
+    let approve =
+        format!(r#"{{"stream_id":"{sid}","events":[{{"type":"ISSUE_APPROVED","data":{{"title":"read burst"}}}}]}}"#);
     let heartbeats = append_body_with(sid, 1000, r#"{"agent_id":"bench-reader"}"#).replace("TOKEN_USAGE", "HEARTBEAT");
-    let (s, text) = conn.post("/v1/events", approve.as_bytes()).await.map_err(|e| anyhow!(e))?;
+    let (s, text) = conn
+        .post("/v1/events", approve.as_bytes())
+        .await
+        .map_err(|e| anyhow!(e))?;
     if s != 201 {
-        bail!("read burst: creating the stream: {s}: {}", String::from_utf8_lossy(&text));
+        bail!(
+            "read burst: creating the stream: {s}: {}",
+            String::from_utf8_lossy(&text)
+        );
     }
     for _ in 0..READ_BURST_EVENTS / 1000 {
-        let (s, text) = conn.post("/v1/events", heartbeats.as_bytes()).await.map_err(|e| anyhow!(e))?;
+        let (s, text) = conn
+            .post("/v1/events", heartbeats.as_bytes())
+            .await
+            .map_err(|e| anyhow!(e))?;
         if s != 201 {
-            bail!("read burst: filling the stream: {s}: {}", String::from_utf8_lossy(&text));
+            bail!(
+                "read burst: filling the stream: {s}: {}",
+                String::from_utf8_lossy(&text)
+            );
         }
     }
 
