@@ -373,7 +373,7 @@ async fn token_mode_keeps_the_content_type_and_origin_rules() {
 }
 
 /// Appends `n` events to `stream` in requests of up to 1000.
-async fn fill(c: &reqwest::Client, ingest: &TestIngest, stream: &str, ty: &str, n: usize) {
+async fn fill(c: &reqwest::Client, url: &str, stream: &str, ty: &str, n: usize) {
     let agent = "dev-fill";
     let mut left = n;
     while left > 0 {
@@ -381,12 +381,7 @@ async fn fill(c: &reqwest::Client, ingest: &TestIngest, stream: &str, ty: &str, 
         let events: Vec<Value> = (0..k)
             .map(|_| json!({"type": ty, "data": {"agent_id": agent}}))
             .collect();
-        let (s, v) = post(
-            c,
-            &ingest.url("/v1/events"),
-            &json!({"stream_id": stream, "events": events}),
-        )
-        .await;
+        let (s, v) = post(c, url, &json!({"stream_id": stream, "events": events})).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         left -= k;
     }
@@ -405,8 +400,8 @@ async fn stream_reads_are_paged_by_default_and_say_where_to_go_on() {
     )
     .await;
     assert_eq!(s, StatusCode::CREATED);
-    fill(&c, &ingest, issue, "HEARTBEAT", 1499).await;
-    fill(&c, &ingest, "agent:dev-long", "HEARTBEAT", 1500).await;
+    fill(&c, &ingest.url("/v1/events"), issue, "HEARTBEAT", 1499).await;
+    fill(&c, &ingest.url("/v1/events"), "agent:dev-long", "HEARTBEAT", 1500).await;
 
     for sid in [issue, "agent:dev-long"] {
         let (s, v) = get_json(&c, &ingest.url(&format!("/v1/streams/{}", enc(sid)))).await;
@@ -530,17 +525,31 @@ async fn a_huge_title_does_not_make_a_huge_dashboard() {
 #[tokio::test]
 async fn readers_of_a_long_stream_get_bounded_answers_while_appends_go_on() {
     let db = TestDb::new().await;
-    let ingest = TestIngest::start(&db).await;
+    // The real binary: ingest's threads are its own, as in production, not the test's.
+    let port = rig_tests::free_port();
+    let _proc = Proc::spawn(
+        "rig-ingest",
+        &[],
+        &[
+            ("DATABASE_URL", db.url.clone()),
+            ("RIG_INGEST__LISTEN", format!("127.0.0.1:{port}")),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(30)).await;
+    let url = |path: &str| format!("{base}{path}");
     let c = reqwest::Client::new();
     let sid = "acme/burst#1";
     let (s, _) = post(
         &c,
-        &ingest.url("/v1/events"),
+        &url("/v1/events"),
         &json!({"stream_id": sid, "events": [{"type": "ISSUE_APPROVED", "data": {"title": "burst"}}]}),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED);
-    fill(&c, &ingest, sid, "HEARTBEAT", 19_999).await;
+    // 5,000 events: a default page (1,000) is a fifth of it. The bench's read-burst phase measures
+    // the 20,000-event case and the append latency; this test checks behaviour, not timing.
+    fill(&c, &url("/v1/events"), sid, "HEARTBEAT", 4_999).await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
@@ -548,9 +557,9 @@ async fn readers_of_a_long_stream_get_bounded_answers_while_appends_go_on() {
         let c = c.clone();
         let stop = stop.clone();
         let url = if r % 2 == 0 {
-            ingest.url(&format!("/v1/streams/{}", enc(sid)))
+            url(&format!("/v1/streams/{}", enc(sid)))
         } else {
-            ingest.url(&format!("/v1/streams/{}?to_version={}", enc(sid), 10_000 + r))
+            url(&format!("/v1/streams/{}?to_version={}", enc(sid), 2_000 + r))
         };
         readers.push(tokio::spawn(async move {
             let (mut ok, mut busy) = (0u32, 0u32);
@@ -576,9 +585,9 @@ async fn readers_of_a_long_stream_get_bounded_answers_while_appends_go_on() {
     let mut writers = Vec::new();
     for w in 0..4 {
         let c = c.clone();
-        let url = ingest.url("/v1/events");
+        let url = url("/v1/events");
         writers.push(tokio::spawn(async move {
-            for _ in 0..50 {
+            for _ in 0..10 {
                 let body = json!({"stream_id": format!("agent:burst-{w}"),
                                   "events": [{"type": "HEARTBEAT", "data": {"agent_id": format!("burst-{w}")}}]});
                 let (s, v) = post(&c, &url, &body).await;
@@ -599,8 +608,8 @@ async fn readers_of_a_long_stream_get_bounded_answers_while_appends_go_on() {
         let n = db
             .count("SELECT count(*) FROM events WHERE stream_id LIKE 'agent:burst-%'")
             .await;
-        (n == 200).then_some(n)
+        (n == 40).then_some(n)
     })
     .await;
-    assert_eq!(n, 200);
+    assert_eq!(n, 40);
 }

@@ -31,6 +31,8 @@ pub enum ApiError {
     MisdirectedRequest(String),
     /// `ingest.request_timeout` passed before the answer was ready.
     RequestTimeout,
+    /// Every read slot stayed taken while the read waited.
+    Busy(&'static str),
 }
 
 impl From<AppendError> for ApiError {
@@ -80,6 +82,7 @@ impl ApiError {
             ),
             ForbiddenOrigin(d) => (StatusCode::FORBIDDEN, body("forbidden_origin", d.clone())),
             MisdirectedRequest(d) => (StatusCode::MISDIRECTED_REQUEST, body("misdirected_request", d.clone())),
+            Busy(d) => (StatusCode::SERVICE_UNAVAILABLE, body("busy", (*d).to_owned())),
             RequestTimeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 body(

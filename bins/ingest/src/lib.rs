@@ -34,6 +34,8 @@ pub struct AppState {
     /// Every read (streams, lists, the dashboard): its own connections, so a burst of reads
     /// queues here and never takes the connections appends need.
     pub read_pool: PgPool,
+    /// One permit per read in progress ([`limit_reads`]), as many as the read pool's connections.
+    pub read_slots: Arc<tokio::sync::Semaphore>,
     /// The address ingest answers on (the bound one, when `listen` asked for port 0): the one
     /// `Host` and `Origin` a browser may name.
     pub local_addr: SocketAddr,
@@ -69,10 +71,7 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
             state.clone(),
             require_json_for_webhook,
         ));
-    let request_timeout = state.settings.ingest.request_timeout;
-    let browser = BrowserRules::new(&state.settings, state.local_addr);
-    Router::new()
-        .route("/", get(dashboard::root))
+    let reads = Router::new()
         .route("/dashboard", get(dashboard::page))
         .route("/v1/streams/{*stream_id}", get(api::read_stream))
         .route("/v1/issues", get(api::list_issues))
@@ -80,6 +79,15 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
         .route("/v1/agents", get(api::list_agents))
         .route("/v1/usage", get(api::usage))
         .route("/v1/costs/daily", get(api::daily_costs))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.read_slots.clone(),
+            limit_reads,
+        ));
+    let request_timeout = state.settings.ingest.request_timeout;
+    let browser = BrowserRules::new(&state.settings, state.local_addr);
+    Router::new()
+        .route("/", get(dashboard::root))
+        .merge(reads)
         .merge(writes)
         .merge(webhooks)
         .fallback(not_found)
@@ -96,6 +104,20 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(browser, browser_rules))
         .layer(axum::middleware::from_fn(track_requests))
+}
+
+/// How long a read waits for one of the read slots before it is answered 503.
+const READ_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// At most `ingest.read_pool_size` reads run at once, from the query to the answer's last byte
+/// of JSON. The read pool alone bounds the database's share; this bounds ingest's own CPU, which
+/// a burst of large answers would otherwise take from the appends (their requests wait behind
+/// the readers' on the same threads). A read that waits [`READ_SLOT_WAIT`] is told to come back.
+async fn limit_reads(State(slots): State<Arc<tokio::sync::Semaphore>>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(READ_SLOT_WAIT, slots.acquire()).await {
+        Ok(Ok(_slot)) => next.run(req).await,
+        _ => ApiError::Busy("too many reads at once; retry shortly").into_response(),
+    }
 }
 
 /// tower-http's deadline answers a bare 408; clients get our JSON error like any other.
@@ -418,6 +440,7 @@ pub async fn start(
     };
     let state = AppState {
         read_pool: read_pool(&pool, &settings),
+        read_slots: Arc::new(tokio::sync::Semaphore::new(settings.ingest.read_pool_size as usize)),
         pool,
         local_addr,
         writer,
