@@ -613,3 +613,19 @@ async fn readers_of_a_long_stream_get_bounded_answers_while_appends_go_on() {
     .await;
     assert_eq!(n, 40);
 }
+
+#[tokio::test]
+async fn reads_run_on_their_own_pool_with_a_statement_timeout() {
+    let db = TestDb::new().await;
+    let mut settings = shared::Settings::default();
+    settings.ingest.read_statement_timeout = Duration::from_millis(1500);
+    settings.ingest.read_pool_size = 3;
+    let reads = rig_ingest::read_pool(&db.pool, &settings);
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout").fetch_one(&reads).await.unwrap();
+    assert_eq!(timeout, "1500ms");
+    assert_eq!(reads.options().get_max_connections(), 3);
+    // A statement past the timeout is cancelled by Postgres, not left running.
+    let slow = sqlx::query("SELECT pg_sleep(10)").execute(&reads).await;
+    let code = slow.unwrap_err().into_database_error().and_then(|e| e.code().map(|c| c.into_owned()));
+    assert_eq!(code.as_deref(), Some("57014"), "query_canceled");
+}

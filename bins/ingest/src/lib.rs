@@ -34,8 +34,8 @@ pub struct AppState {
     /// Every read (streams, lists, the dashboard): its own connections, so a burst of reads
     /// queues here and never takes the connections appends need.
     pub read_pool: PgPool,
-    /// One permit per read in progress ([`limit_reads`]), as many as the read pool's connections.
-    pub read_slots: Arc<tokio::sync::Semaphore>,
+    /// Where reads run ([`limit_reads`]): as many at once as the read pool has connections.
+    pub read_lane: ReadLane,
     /// The address ingest answers on (the bound one, when `listen` asked for port 0): the one
     /// `Host` and `Origin` a browser may name.
     pub local_addr: SocketAddr,
@@ -80,7 +80,7 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
         .route("/v1/usage", get(api::usage))
         .route("/v1/costs/daily", get(api::daily_costs))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.read_slots.clone(),
+            state.read_lane.clone(),
             limit_reads,
         ));
     let request_timeout = state.settings.ingest.request_timeout;
@@ -109,14 +109,54 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
 /// How long a read waits for one of the read slots before it is answered 503.
 const READ_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// At most `ingest.read_pool_size` reads run at once, from the query to the answer's last byte
-/// of JSON. The read pool alone bounds the database's share; this bounds ingest's own CPU, which
-/// a burst of large answers would otherwise take from the appends (their requests wait behind
-/// the readers' on the same threads). A read that waits [`READ_SLOT_WAIT`] is told to come back.
-async fn limit_reads(State(slots): State<Arc<tokio::sync::Semaphore>>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(READ_SLOT_WAIT, slots.acquire()).await {
-        Ok(Ok(_slot)) => next.run(req).await,
-        _ => ApiError::Busy("too many reads at once; retry shortly").into_response(),
+/// Where reads run: a slot (at most `ingest.read_pool_size` reads at once, from the query to the
+/// answer's last byte of JSON) and a thread of their own.
+#[derive(Clone)]
+pub struct ReadLane {
+    slots: Arc<tokio::sync::Semaphore>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ReadLane {
+    /// A lane with `slots` slots on a one-thread runtime that ends when `shutdown` is cancelled.
+    fn start(slots: usize, shutdown: CancellationToken) -> anyhow::Result<ReadLane> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("rig-ingest-reads")
+            .enable_all()
+            .build()?;
+        let runtime = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("rig-ingest-reads".into())
+            .spawn(move || rt.block_on(shutdown.cancelled()))?;
+        Ok(ReadLane {
+            slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            runtime,
+        })
+    }
+}
+
+/// Runs a read in the read lane. The read pool alone bounds the database's share of a burst of
+/// reads; ingest's own share (decoding rows, folding, writing large JSON answers) is bounded
+/// here: reads run on one thread of their own, so the appends' requests never wait behind them
+/// on the threads that serve appends, and the kernel shares the cores between the two. A read
+/// that waits [`READ_SLOT_WAIT`] for a slot is told to come back (503).
+async fn limit_reads(State(lane): State<ReadLane>, req: Request, next: Next) -> Response {
+    let slot = match tokio::time::timeout(READ_SLOT_WAIT, lane.slots.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        _ => return ApiError::Busy("too many reads at once; retry shortly").into_response(),
+    };
+    let read = lane.runtime.spawn(async move {
+        let resp = next.run(req).await;
+        drop(slot);
+        resp
+    });
+    match read.await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(error = %e, "a read failed");
+            ApiError::Busy("the read was interrupted; retry").into_response()
+        }
     }
 }
 
@@ -438,15 +478,23 @@ pub async fn start(
         max_connections: settings.ingest.max_connections,
         shutdown_timeout: settings.ingest.shutdown_timeout,
     };
+    let lane_stop = CancellationToken::new();
     let state = AppState {
         read_pool: read_pool(&pool, &settings),
-        read_slots: Arc::new(tokio::sync::Semaphore::new(settings.ingest.read_pool_size as usize)),
+        read_lane: ReadLane::start(settings.ingest.read_pool_size as usize, lane_stop.clone())?,
         pool,
         local_addr,
         writer,
         settings: Arc::new(settings),
         branch_issue_re: Arc::new(branch_issue_re),
     };
-    let server = shared::ops::serve_on(listener, app(state, metrics), limits, shutdown);
+    let serving = shared::ops::serve_on(listener, app(state, metrics), limits, shutdown);
+    // The read lane outlives the server, so reads in flight at SIGTERM finish too.
+    let server = tokio::spawn(async move {
+        if let Err(e) = serving.await {
+            tracing::error!(error = %e, "the server task failed");
+        }
+        lane_stop.cancel();
+    });
     Ok((local_addr, server))
 }

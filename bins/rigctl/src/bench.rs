@@ -582,6 +582,13 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         "      append p99 {:.2} ms alone, {:.2} ms with readers; {:.0} reads/s",
         burst.quiet.p99, burst.busy.p99, burst.reads_per_s
     ));
+    let read_burst_baseline = Baseline {
+        name: "read_burst_append_p99_without_readers",
+        value: burst.quiet.p99,
+        unit: "ms (p99)",
+        detail: json!({"what": "the same appends, on the same connections, in the window before the readers start",
+                       "p50_ms": burst.quiet.p50, "max_ms": burst.quiet.max}),
+    };
     figures.push(
         Figure::new(
             "read_burst_append_p99",
@@ -669,6 +676,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     });
     baselines.push(raw_batch);
     baselines.push(raw_read);
+    baselines.push(read_burst_baseline);
     let all_met = figures.iter().all(|f| f.met != Some(false));
     stop_all(workers);
     Ok(Report {
