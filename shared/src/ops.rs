@@ -172,13 +172,12 @@ pub fn serve_on(
             });
         }
         drop(listener);
-        let in_flight = conns.len();
+        // Idle keep-alive connections close at once; the others finish the request in hand.
         tokio::select! {
             _ = graceful.shutdown() => {}
             _ = tokio::time::sleep(limits.shutdown_timeout) => {
                 tracing::warn!(
                     connections = conns.len(),
-                    in_flight,
                     timeout = ?limits.shutdown_timeout,
                     "connections still open at the shutdown deadline: closing them"
                 );

@@ -621,11 +621,17 @@ async fn reads_run_on_their_own_pool_with_a_statement_timeout() {
     settings.ingest.read_statement_timeout = Duration::from_millis(1500);
     settings.ingest.read_pool_size = 3;
     let reads = rig_ingest::read_pool(&db.pool, &settings);
-    let timeout: String = sqlx::query_scalar("SHOW statement_timeout").fetch_one(&reads).await.unwrap();
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(&reads)
+        .await
+        .unwrap();
     assert_eq!(timeout, "1500ms");
     assert_eq!(reads.options().get_max_connections(), 3);
     // A statement past the timeout is cancelled by Postgres, not left running.
     let slow = sqlx::query("SELECT pg_sleep(10)").execute(&reads).await;
-    let code = slow.unwrap_err().into_database_error().and_then(|e| e.code().map(|c| c.into_owned()));
+    let code = slow
+        .unwrap_err()
+        .into_database_error()
+        .and_then(|e| e.code().map(|c| c.into_owned()));
     assert_eq!(code.as_deref(), Some("57014"), "query_canceled");
 }
