@@ -123,6 +123,7 @@ impl ReadLane {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("rig-ingest-reads")
+            .on_thread_start(lower_priority)
             .enable_all()
             .build()?;
         let runtime = rt.handle().clone();
@@ -133,6 +134,19 @@ impl ReadLane {
             slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             runtime,
         })
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10): when reads and appends both want
+/// the CPU, the kernel gives it to the appends first, and reads take what is left.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on the calling thread (Linux: PRIO_PROCESS with 0 is this thread);
+    // it only lowers our own priority, which needs no privilege.
+    unsafe {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, 10) != 0 {
+            tracing::debug!("cannot lower the read thread's priority");
+        }
     }
 }
 
