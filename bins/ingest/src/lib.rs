@@ -84,7 +84,7 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
             limit_reads,
         ));
     let request_timeout = state.settings.ingest.request_timeout;
-    let browser = BrowserRules::new(&state.settings, state.local_addr);
+    let browser = BrowserRules::new(state.local_addr);
     Router::new()
         .route("/", get(dashboard::root))
         .merge(reads)
@@ -249,7 +249,7 @@ pub struct BrowserRules {
 }
 
 impl BrowserRules {
-    pub fn new(_settings: &Settings, local: SocketAddr) -> BrowserRules {
+    pub fn new(local: SocketAddr) -> BrowserRules {
         BrowserRules {
             local,
             check_host: local.ip().is_loopback(),
