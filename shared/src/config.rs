@@ -161,6 +161,28 @@ pub struct IngestSettings {
     pub github: GithubSettings,
     /// Most append requests one group-commit transaction takes.
     pub max_batch_requests: usize,
+    /// Connections in the pool that serves reads (streams, lists, the dashboard), apart from the
+    /// writer's, so a burst of reads queues here instead of taking the appends' connections.
+    pub read_pool_size: u32,
+    /// Longest any one SQL statement of ingest's writer may run before Postgres cancels it.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Longest any one SQL statement of a read may run.
+    #[serde(with = "humantime_serde")]
+    pub read_statement_timeout: Duration,
+    /// How long a client has to send a request's headers, counted from the moment the
+    /// connection opens or its previous answer was sent: a slow sender is cut off, and an idle
+    /// keep-alive connection is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest one request may take, body read and answer included (408 after it).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most client connections served at once; past it, new connections wait to be accepted.
+    pub max_connections: usize,
+    /// After SIGTERM, how long in-flight requests have to finish before ingest exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for IngestSettings {
@@ -173,6 +195,13 @@ impl Default for IngestSettings {
             max_body_bytes: 1_048_576,
             github: GithubSettings::default(),
             max_batch_requests: 512,
+            read_pool_size: 4,
+            statement_timeout: Duration::from_secs(30),
+            read_statement_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -417,6 +446,24 @@ impl Settings {
         }
         if self.ingest.max_batch_requests == 0 {
             return bad("ingest.max_batch_requests", "expected at least 1");
+        }
+        if !(1..=1000).contains(&self.ingest.read_pool_size) {
+            return bad("ingest.read_pool_size", "expected an integer from 1 to 1000");
+        }
+        if !(1..=1_000_000).contains(&self.ingest.max_connections) {
+            return bad("ingest.max_connections", "expected an integer from 1 to 1000000");
+        }
+        for (key, d) in [
+            ("ingest.statement_timeout", self.ingest.statement_timeout),
+            ("ingest.read_statement_timeout", self.ingest.read_statement_timeout),
+            ("ingest.header_read_timeout", self.ingest.header_read_timeout),
+            ("ingest.request_timeout", self.ingest.request_timeout),
+            ("ingest.shutdown_timeout", self.ingest.shutdown_timeout),
+        ] {
+            // Postgres takes statement_timeout in whole milliseconds; 0 there would mean "none".
+            if d < Duration::from_millis(1) || d > Duration::from_secs(24 * 3600) {
+                return bad(key, "expected a duration from 1ms to 24h, e.g. \"10s\"");
+            }
         }
         if self
             .ingest
@@ -781,6 +828,20 @@ mod tests {
         assert_eq!(s.notifier.metrics_listen.port(), 9105);
         assert_eq!(s.notifier.events.len(), 6);
         assert_eq!(s.ingest.github.approve_label, "agent-ready");
+        assert_eq!(s.ingest.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(s.ingest.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.ingest.read_pool_size, 4);
+        let s = from_env(&[
+            ("RIG_INGEST__SHUTDOWN_TIMEOUT", "3s"),
+            ("RIG_INGEST__MAX_CONNECTIONS", "8"),
+        ])
+        .unwrap();
+        assert_eq!(s.ingest.shutdown_timeout, Duration::from_secs(3));
+        assert_eq!(s.ingest.max_connections, 8);
+        for bad in ["read_pool_size = 0", "max_connections = 0", "request_timeout = \"0s\""] {
+            let e = from_toml(&format!("[ingest]\n{bad}")).unwrap_err().to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
+        }
     }
 
     #[test]

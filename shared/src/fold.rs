@@ -119,15 +119,49 @@ pub fn status_set_by(event_type: &str) -> Option<&'static str> {
 /// Folds stored events of an issue stream (in version order), as time travel and `rigctl
 /// stream` read them. `None` for an empty or agent stream.
 pub fn fold_stored(stream_id: &str, events: &[StoredEvent]) -> Option<IssueState> {
-    fold_issue(
-        stream_id,
-        events.iter().map(|e| FoldInput {
+    let mut fold = StreamFold::new(stream_id);
+    for e in events {
+        fold.apply(e);
+    }
+    fold.finish()
+}
+
+/// [`fold_stored`] one event at a time, for a reader that pages through a long stream and must
+/// not hold all of it: the state is the same whatever the page size.
+pub struct StreamFold {
+    /// `None` for an agent stream (or an id that is not a stream's): no state to fold.
+    issue: Option<(String, String, i64)>,
+    state: Option<IssueState>,
+}
+
+impl StreamFold {
+    pub fn new(stream_id: &str) -> StreamFold {
+        let issue = match crate::stream_id::StreamId::parse(stream_id) {
+            Ok(crate::stream_id::StreamId::Issue { repo, number }) => Some((stream_id.to_owned(), repo, number)),
+            _ => None,
+        };
+        StreamFold { issue, state: None }
+    }
+
+    /// Applies the next event (events must come in version order).
+    pub fn apply(&mut self, e: &StoredEvent) {
+        let Some((sid, repo, number)) = &self.issue else {
+            return;
+        };
+        let s = self
+            .state
+            .get_or_insert_with(|| IssueState::new(sid, repo, *number, e.recorded_at));
+        s.apply(&FoldInput {
             version: e.version,
             event_type: &e.event_type,
             data: &e.data,
             recorded_at: e.recorded_at,
-        }),
-    )
+        });
+    }
+
+    pub fn finish(self) -> Option<IssueState> {
+        self.state
+    }
 }
 
 /// Folds a whole issue stream (events in version order). `None` for an empty or agent stream.

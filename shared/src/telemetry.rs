@@ -51,6 +51,25 @@ pub fn init_with(service: &'static str, output: LogOutput) -> PrometheusHandle {
     handle
 }
 
+/// How often the recorder's histogram samples are folded into their buckets.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the recorder's pending histogram samples into their buckets every `every`. The recorder
+/// keeps every sample recorded until a scrape or an upkeep drains it, so without this a process
+/// nobody scrapes grows by every request it serves. A thread, not a task: the recorder is made
+/// before (and outlives) any runtime, and the work is a few microseconds.
+fn spawn_upkeep(handle: PrometheusHandle, every: std::time::Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread: histograms grow until scraped");
+    }
+}
+
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     PROMETHEUS
@@ -67,6 +86,7 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // A second recorder in one process (tests) keeps the first; the handle still renders.
             let _ = metrics::set_global_recorder(recorder);
+            spawn_upkeep(handle.clone(), UPKEEP_INTERVAL);
             handle
         })
         .clone()

@@ -24,6 +24,7 @@ fn expected_figures() -> Vec<String> {
         "append_batch500_http_4",
         "claims_http_64x32",
         "claim_conflicts_http_64x32",
+        "read_burst_append_p99",
         "token_projector_rebuild",
         "append_to_projection_latency_p50",
         "append_to_projection_latency_p99",

@@ -590,7 +590,7 @@ async fn deliveries_without_their_headers_or_json_are_refused() {
 }
 
 #[tokio::test]
-async fn without_a_secret_unsigned_and_form_encoded_deliveries_are_accepted() {
+async fn without_a_secret_unsigned_json_deliveries_are_accepted_and_forms_only_when_signed() {
     let db = TestDb::new().await;
     let ingest = TestIngest::start(&db).await;
     let mut labeled = fixture("issues.labeled");
@@ -610,20 +610,42 @@ async fn without_a_secret_unsigned_and_form_encoded_deliveries_are_accepted() {
         "{b}"
     );
 
-    // GitHub's UI defaults to application/x-www-form-urlencoded: `payload=<json>`.
+    // GitHub's UI defaults to application/x-www-form-urlencoded: `payload=<json>`. Unsigned, a
+    // form could come from any web page a browser on this machine opens: refused.
     let mut closed = fixture("issues.opened");
     closed["action"] = json!("closed");
-    let form = reqwest::Client::new()
-        .post(ingest.url(HOOK))
-        .header("X-GitHub-Event", "issues")
-        .header("X-GitHub-Delivery", "n-2")
-        .form(&[("payload", serde_json::to_string(&closed).unwrap())])
+    let body = format!(
+        "payload={}",
+        percent_encoding::utf8_percent_encode(
+            &serde_json::to_string(&closed).unwrap(),
+            percent_encoding::NON_ALPHANUMERIC
+        )
+    );
+    let form = |ingest: &TestIngest| {
+        reqwest::Client::new()
+            .post(ingest.url(HOOK))
+            .header("X-GitHub-Event", "issues")
+            .header("X-GitHub-Delivery", "n-2")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.clone())
+    };
+    let r = form(&ingest).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        types(&read_stream(&ingest, "codertocat/hello-world#1").await),
+        ["ISSUE_APPROVED"]
+    );
+
+    // Signed, it is GitHub's: accepted.
+    let signed = start(&db).await;
+    let r = form(&signed)
+        .header("X-Hub-Signature-256", sign(SECRET, body.as_bytes()))
         .send()
         .await
         .unwrap();
-    assert_eq!(form.status(), StatusCode::ACCEPTED);
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(
-        types(&read_stream(&ingest, "codertocat/hello-world#1").await),
+        types(&read_stream(&signed, "codertocat/hello-world#1").await),
         ["ISSUE_APPROVED", "ISSUE_DONE"]
     );
 }

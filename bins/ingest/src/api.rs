@@ -2,21 +2,22 @@
 
 use crate::error::ApiError;
 use crate::writer::{Append, AppendOk, NewEvent};
-use crate::{authorize, AppState};
+use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
+use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use shared::events::{self, StoredEvent, EVENT_COLUMNS};
-use shared::fold::{fold_stored, IssueState};
+use shared::fold::{IssueState, StreamFold};
 use shared::StreamId;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -352,13 +353,9 @@ pub async fn refuse(state: &AppState, result: Result<Response, ApiError>) -> Res
     result
 }
 
-/// `POST /v1/events`
-pub async fn append(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+/// `POST /v1/events` (the token and the Content-Type were checked before the body was read,
+/// by the middleware in `app`).
+pub async fn append(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let bytes = body_bytes(&state, body);
     let parsed = bytes.and_then(|b| parse_json(&b)).and_then(parse_append);
     match parsed {
@@ -376,8 +373,14 @@ pub struct StreamQuery {
     limit: Option<String>,
 }
 
+/// Rows a read answers when the client gives no `limit`: one page of a stream, one page of a list.
+pub const DEFAULT_LIMIT: i64 = 1000;
+/// Most rows one read may ask for (`limit`).
+pub const MAX_LIMIT: i64 = 10_000;
+/// Deepest `offset` a list takes: paging deeper costs the database the rows skipped.
+pub const MAX_OFFSET: i64 = 1_000_000;
 /// Most events one page of a stream read may ask for.
-pub const MAX_STREAM_PAGE: i64 = 10_000;
+pub const MAX_STREAM_PAGE: i64 = MAX_LIMIT;
 
 #[derive(Serialize)]
 struct StreamView {
@@ -385,7 +388,7 @@ struct StreamView {
     version: i64,
     events: Vec<StoredEvent>,
     state: Option<IssueState>,
-    /// Where the next page starts, when `limit` cut this one short.
+    /// Where the next page starts, when more events follow this page (up to the cut).
     #[serde(skip_serializing_if = "Option::is_none")]
     next_from_version: Option<i64>,
 }
@@ -407,9 +410,29 @@ fn int_param(name: &str, raw: Option<&str>, min: i64, max: i64) -> Result<Option
     .transpose()
 }
 
+/// A list's `limit` (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]) and `offset` (at most
+/// [`MAX_OFFSET`]).
+fn page_params(limit: Option<&str>, offset: Option<&str>) -> Result<(i64, i64), ApiError> {
+    Ok((
+        int_param("limit", limit, 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT),
+        int_param("offset", offset, 0, MAX_OFFSET)?.unwrap_or(0),
+    ))
+}
+
+/// Cuts a list read with `limit + 1` rows to `limit`; the offset of the next page when the
+/// extra row showed that more follow.
+fn cut_page<T>(rows: &mut Vec<T>, limit: i64, offset: i64) -> Option<i64> {
+    let l = usize::try_from(limit).unwrap_or(usize::MAX);
+    (rows.len() > l).then(|| {
+        rows.truncate(l);
+        offset + limit
+    })
+}
+
 /// `GET /v1/streams/{stream_id}?to_version=N | ?at=TIME`: the events and the folded state then.
-/// `from_version` and `limit` page through a long stream (an agent's heartbeats, say); `version`
-/// and `state` always describe the whole stream up to the cut, whatever page is shown.
+/// `from_version` and `limit` (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]) page through a
+/// stream, `next_from_version` says where the next page starts; `version` and `state` always
+/// describe the whole stream up to the cut, whatever page is shown.
 pub async fn read_stream(
     State(state): State<AppState>,
     StreamPath(stream): StreamPath,
@@ -418,7 +441,7 @@ pub async fn read_stream(
     let sid = stream.to_string();
     let to_version = int_param("to_version", q.to_version.as_deref(), 0, i64::MAX)?;
     let from_version = int_param("from_version", q.from_version.as_deref(), 1, i64::MAX)?.unwrap_or(1);
-    let limit = int_param("limit", q.limit.as_deref(), 1, MAX_STREAM_PAGE)?;
+    let limit = int_param("limit", q.limit.as_deref(), 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
     let at = match q.at.as_deref() {
         None => None,
         // An unencoded `+` in `?at=…+02:00` arrives as a space (form decoding); no RFC 3339 time
@@ -438,43 +461,73 @@ pub async fn read_stream(
     if to_version.is_some() && at.is_some() {
         return Err(ApiError::InvalidRequest("give to_version or at, not both".into()));
     }
+    let pool = &state.read_pool;
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = $1)")
         .bind(&sid)
-        .fetch_one(&state.pool)
+        .fetch_one(pool)
         .await?;
     if !exists {
         return Err(ApiError::NotFound(format!("stream {sid} has no events")));
     }
-    // An issue's state is the fold of its whole prefix, so an issue stream is read from version 1
-    // and the page cut out here; any other stream (no state) reads just the page, one row more
-    // to tell whether another page follows.
     let is_issue = matches!(stream, StreamId::Issue { .. });
-    let (read_from, read_limit) = if is_issue {
-        (1, None)
+    // The inline read model is the fold of the whole stream, kept in each append's transaction by
+    // the same function: with no cut it is the state, and only the page need be read.
+    let current: Option<IssueState> = if is_issue && to_version.is_none() && at.is_none() {
+        sqlx::query_as("SELECT * FROM issue_state WHERE stream_id = $1")
+            .bind(&sid)
+            .fetch_optional(pool)
+            .await?
     } else {
-        (from_version, limit.map(|l| l + 1))
+        None
     };
-    let mut events: Vec<StoredEvent> = sqlx::query_as(&format!(
+    // One row more than the page tells whether another page follows.
+    let page_sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 \
          AND ($2::bigint IS NULL OR version <= $2) AND ($3::timestamptz IS NULL OR recorded_at <= $3) \
          AND version >= $4 ORDER BY version LIMIT $5"
-    ))
-    .bind(&sid)
-    .bind(to_version)
-    .bind(at)
-    .bind(read_from)
-    .bind(read_limit)
-    .fetch_all(&state.pool)
-    .await?;
-    let (version, state_at) = if is_issue {
-        let folded = fold_stored(&sid, &events);
-        let version = events.last().map_or(0, |e| i64::from(e.version));
-        events.retain(|e| i64::from(e.version) >= from_version);
-        (version, folded)
-    } else if limit.is_none() && from_version == 1 {
-        // Read whole up to the cut: the last event is the version.
-        (events.last().map_or(0, |e| i64::from(e.version)), None)
+    );
+    let (version, state_at, mut events) = if let Some(current) = current {
+        let version = i64::from(current.version);
+        let events: Vec<StoredEvent> = sqlx::query_as(&page_sql)
+            .bind(&sid)
+            .bind(version)
+            .bind(None::<DateTime<Utc>>)
+            .bind(from_version)
+            .bind(limit + 1)
+            .fetch_all(pool)
+            .await?;
+        (version, Some(current), events)
+    } else if is_issue {
+        // The state at a cut is the fold of the prefix: the events stream through the fold and
+        // only the page is kept, so a long stream is never held whole.
+        let mut fold = StreamFold::new(&sid);
+        let mut page = Vec::new();
+        let mut version = 0;
+        let keep = usize::try_from(limit + 1).unwrap_or(usize::MAX);
+        let mut rows = sqlx::query_as::<_, StoredEvent>(&page_sql)
+            .bind(&sid)
+            .bind(to_version)
+            .bind(at)
+            .bind(1_i64)
+            .bind(None::<i64>)
+            .fetch(pool);
+        while let Some(e) = rows.try_next().await? {
+            fold.apply(&e);
+            version = i64::from(e.version);
+            if version >= from_version && page.len() < keep {
+                page.push(e);
+            }
+        }
+        (version, fold.finish(), page)
     } else {
+        let events: Vec<StoredEvent> = sqlx::query_as(&page_sql)
+            .bind(&sid)
+            .bind(to_version)
+            .bind(at)
+            .bind(from_version)
+            .bind(limit + 1)
+            .fetch_all(pool)
+            .await?;
         let version: Option<i32> = sqlx::query_scalar(
             "SELECT max(version) FROM events WHERE stream_id = $1 \
              AND ($2::bigint IS NULL OR version <= $2) AND ($3::timestamptz IS NULL OR recorded_at <= $3)",
@@ -482,16 +535,14 @@ pub async fn read_stream(
         .bind(&sid)
         .bind(to_version)
         .bind(at)
-        .fetch_one(&state.pool)
+        .fetch_one(pool)
         .await?;
-        (version.map_or(0, i64::from), None)
+        (version.map_or(0, i64::from), None, events)
     };
     let mut next_from_version = None;
-    if let Some(l) = limit.and_then(|l| usize::try_from(l).ok()) {
-        if events.len() > l {
-            events.truncate(l);
-            next_from_version = events.last().map(|e| i64::from(e.version) + 1);
-        }
+    if events.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+        events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        next_from_version = events.last().map(|e| i64::from(e.version) + 1);
     }
     Ok(Json(StreamView {
         stream_id: sid,
@@ -508,7 +559,7 @@ pub async fn get_issue(State(state): State<AppState>, StreamPath(stream): Stream
     let sid = stream.to_string();
     let row: Option<IssueState> = sqlx::query_as("SELECT * FROM issue_state WHERE stream_id = $1")
         .bind(&sid)
-        .fetch_optional(&state.pool)
+        .fetch_optional(&state.read_pool)
         .await?;
     match row {
         Some(s) => Ok(Json(s).into_response()),
@@ -522,12 +573,14 @@ pub struct IssuesQuery {
     status: Option<String>,
     agent_id: Option<String>,
     repo: Option<String>,
-    limit: Option<i64>,
+    limit: Option<String>,
+    offset: Option<String>,
 }
 
 pub const STATUSES: &[&str] = &["approved", "assigned", "in_progress", "in_review", "merged", "done"];
 
-/// `GET /v1/issues?status=…&agent_id=…&repo=…`
+/// `GET /v1/issues?status=…&agent_id=…&repo=…&limit=…&offset=…`: most recently updated first;
+/// `next_offset` when more follow.
 pub async fn list_issues(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<IssuesQuery>,
@@ -540,22 +593,26 @@ pub async fn list_issues(
             )));
         }
     }
-    let limit = q.limit.unwrap_or(1000);
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::InvalidRequest("limit must be from 1 to 10000".into()));
-    }
+    let (limit, offset) = page_params(q.limit.as_deref(), q.offset.as_deref())?;
     let repo = q.repo.as_ref().map(|r| r.to_ascii_lowercase());
     let issues: Vec<IssueState> = sqlx::query_as(
         "SELECT * FROM issue_state WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR agent_id = $2) \
-         AND ($3::text IS NULL OR repo = $3) ORDER BY updated_at DESC, stream_id LIMIT $4",
+         AND ($3::text IS NULL OR repo = $3) ORDER BY updated_at DESC, stream_id LIMIT $4 OFFSET $5",
     )
     .bind(&q.status)
     .bind(&q.agent_id)
     .bind(&repo)
-    .bind(limit)
-    .fetch_all(&state.pool)
+    .bind(limit + 1)
+    .bind(offset)
+    .fetch_all(&state.read_pool)
     .await?;
-    Ok(Json(json!({ "issues": issues })).into_response())
+    let mut issues = issues;
+    let mut answer = json!({});
+    if let Some(next) = cut_page(&mut issues, limit, offset) {
+        answer["next_offset"] = json!(next);
+    }
+    answer["issues"] = json!(issues);
+    Ok(Json(answer).into_response())
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -567,14 +624,33 @@ pub struct AgentView {
     pub updated_at: DateTime<Utc>,
 }
 
-/// `GET /v1/agents`
-pub async fn list_agents(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let agents: Vec<AgentView> = sqlx::query_as(
-        "SELECT agent_id, last_heartbeat_at, current_stream_id, status, updated_at FROM agent_status ORDER BY agent_id",
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    limit: Option<String>,
+    offset: Option<String>,
+}
+
+/// `GET /v1/agents?limit=…&offset=…`: by agent id; `next_offset` when more follow.
+pub async fn list_agents(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, ApiError> {
+    let (limit, offset) = page_params(q.limit.as_deref(), q.offset.as_deref())?;
+    let mut agents: Vec<AgentView> = sqlx::query_as(
+        "SELECT agent_id, last_heartbeat_at, current_stream_id, status, updated_at FROM agent_status \
+         ORDER BY agent_id LIMIT $1 OFFSET $2",
     )
-    .fetch_all(&state.pool)
+    .bind(limit + 1)
+    .bind(offset)
+    .fetch_all(&state.read_pool)
     .await?;
-    Ok(Json(json!({ "agents": agents })).into_response())
+    let mut answer = json!({});
+    if let Some(next) = cut_page(&mut agents, limit, offset) {
+        answer["next_offset"] = json!(next);
+    }
+    answer["agents"] = json!(agents);
+    Ok(Json(answer).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -582,6 +658,8 @@ pub async fn list_agents(State(state): State<AppState>) -> Result<Response, ApiE
 pub struct UsageQuery {
     stream_id: Option<String>,
     agent_id: Option<String>,
+    limit: Option<String>,
+    offset: Option<String>,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -623,6 +701,9 @@ pub struct UsageTotal {
 struct UsageAnswer {
     usage: Vec<UsageRow>,
     total: UsageTotal,
+    /// The `offset` of the next page, when more rows follow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_offset: Option<i64>,
 }
 
 /// The sums of `rows`, every one checked: `None` when one outgrows its type.
@@ -639,30 +720,42 @@ fn usage_total(rows: &[UsageRow]) -> Option<UsageTotal> {
     })
 }
 
-/// `GET /v1/usage?stream_id=…|agent_id=…`: token usage (token-projector's table).
+/// `GET /v1/usage?stream_id=…|agent_id=…&limit=…&offset=…`: token usage (token-projector's
+/// table); `total` sums the rows listed, `next_offset` says when more follow.
 pub async fn usage(State(state): State<AppState>, ApiQuery(q): ApiQuery<UsageQuery>) -> Result<Response, ApiError> {
     let sid = match &q.stream_id {
         Some(s) => Some(parse_stream_id(s)?.to_string()),
         None => None,
     };
-    let rows: Vec<UsageRow> = sqlx::query_as(&format!(
+    let (limit, offset) = page_params(q.limit.as_deref(), q.offset.as_deref())?;
+    let mut rows: Vec<UsageRow> = sqlx::query_as(&format!(
         "SELECT {USAGE_COLUMNS} FROM token_usage WHERE ($1::text IS NULL OR stream_id = $1) AND ($2::text IS NULL OR agent_id = $2) \
-         ORDER BY stream_id, agent_id, model LIMIT 10000"
+         ORDER BY stream_id, agent_id, model LIMIT $3 OFFSET $4"
     ))
     .bind(&sid)
     .bind(&q.agent_id)
-    .fetch_all(&state.pool)
+    .bind(limit + 1)
+    .bind(offset)
+    .fetch_all(&state.read_pool)
     .await?;
+    let next_offset = cut_page(&mut rows, limit, offset);
     let total = usage_total(&rows).ok_or_else(|| {
         ApiError::Internal("the usage rows add up to more than a total can hold; the stored sums need repair".into())
     })?;
-    Ok(Json(UsageAnswer { usage: rows, total }).into_response())
+    Ok(Json(UsageAnswer {
+        usage: rows,
+        total,
+        next_offset,
+    })
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CostQuery {
     days: Option<String>,
+    limit: Option<String>,
+    offset: Option<String>,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -692,21 +785,29 @@ struct DailyCostAnswer {
     costs: Vec<DailyCostRow>,
     #[serde(serialize_with = "shared::money::serialize_exact")]
     total_cost_usd: Decimal,
+    /// The `offset` of the next page, when more rows follow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_offset: Option<i64>,
 }
 
-/// `GET /v1/costs/daily?days=N`: the last N UTC days (today included) of `daily_cost`.
+/// `GET /v1/costs/daily?days=N&limit=…&offset=…`: the last N UTC days (today included) of
+/// `daily_cost`; `total_cost_usd` sums the rows listed, `next_offset` says when more follow.
 pub async fn daily_costs(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<CostQuery>,
 ) -> Result<Response, ApiError> {
     let days = int_param("days", q.days.as_deref(), 1, 3660)?.map_or(7, |d| d as i32);
-    let rows: Vec<DailyCostRow> = sqlx::query_as(&format!(
+    let (limit, offset) = page_params(q.limit.as_deref(), q.offset.as_deref())?;
+    let mut rows: Vec<DailyCostRow> = sqlx::query_as(&format!(
         "SELECT {DAILY_COST_COLUMNS} FROM daily_cost WHERE day > (now() AT TIME ZONE 'UTC')::date - $1 \
-         ORDER BY day, repo, agent_id, model"
+         ORDER BY day, repo, agent_id, model LIMIT $2 OFFSET $3"
     ))
     .bind(days)
-    .fetch_all(&state.pool)
+    .bind(limit + 1)
+    .bind(offset)
+    .fetch_all(&state.read_pool)
     .await?;
+    let next_offset = cut_page(&mut rows, limit, offset);
     let total_cost_usd = shared::money::checked_sum(rows.iter().map(|r| r.cost_usd)).ok_or_else(|| {
         ApiError::Internal("the daily costs add up to more than a total can hold; the stored sums need repair".into())
     })?;
@@ -714,6 +815,7 @@ pub async fn daily_costs(
         days,
         costs: rows,
         total_cost_usd,
+        next_offset,
     })
     .into_response())
 }

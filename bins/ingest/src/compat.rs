@@ -5,20 +5,16 @@
 
 use crate::api::{body_bytes, parse_append, parse_json, refuse, submit};
 use crate::error::ApiError;
-use crate::{authorize, AppState};
+use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 
-pub async fn append(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+/// `POST /api/events` (the token and the Content-Type were checked before the body was read,
+/// by the middleware in `app`).
+pub async fn append(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let parsed = body_bytes(&state, body)
         .and_then(|b| parse_json(&b))
         .and_then(translate)

@@ -8,7 +8,8 @@
 //! and the Content-Security-Policy forbids scripts, so an escaping slip could not run one either);
 //! every string that comes from the data is HTML-escaped; money is Postgres `numeric` read as an
 //! exact decimal, rounded only for display (the bar tooltips carry the exact amount); a bounded
-//! number of queries, each with a LIMIT, run concurrently.
+//! number of queries, each with a LIMIT, run concurrently on the read pool; long strings (titles,
+//! ids) are cut for display, so the page's size is bounded whatever the data holds.
 
 use crate::api::STATUSES;
 use crate::AppState;
@@ -36,6 +37,12 @@ const COST_DAYS: i64 = 14;
 /// Series drawn in the cost chart; the rest are summed as "other" so the legend stays readable.
 const COST_SERIES: usize = 8;
 const DEFAULT_REFRESH_SECS: u32 = 5;
+/// Characters of a title shown; the rest is cut (with "…"), so one huge title cannot make a
+/// huge page.
+const TITLE_CHARS: usize = 200;
+/// Characters of an id (agent, stream, model list) shown as text. Ids are refused at append
+/// when longer than 200, so this cuts only what was stored before that rule, or by hand.
+const ID_CHARS: usize = 200;
 
 const PALETTE: [&str; COST_SERIES] = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
@@ -165,7 +172,7 @@ pub async fn root() -> Redirect {
 pub async fn page(State(state): State<AppState>, Query(q): Query<DashboardQuery>) -> Response {
     let params = Params::from_query(q);
     let threshold = state.settings.stale_heartbeat.threshold;
-    match load(&state.pool, &params).await {
+    match load(&state.read_pool, &params).await {
         Ok(data) if sums_fit(&data) => html_response(StatusCode::OK, render(&params, &data, threshold)),
         Ok(_) => crate::error::ApiError::Internal(
             "the dashboard's cost rows add up to more than a decimal holds; the stored sums need repair".into(),
@@ -523,9 +530,9 @@ fn issues_section(out: &mut String, p: &Params, d: &Data) -> std::fmt::Result {
              <td title=\"{upd}\">{ago} ago</td></tr>",
             sid = esc(&i.stream_id),
             href = esc(&p.with_issue(Some(&i.stream_id))),
-            title = esc(i.title.as_deref().unwrap_or("")),
+            title = esc(&truncate(i.title.as_deref().unwrap_or(""), TITLE_CHARS)),
             status = status_chip(i.status.as_deref()),
-            agent = esc(i.agent_id.as_deref().unwrap_or("")),
+            agent = esc(&truncate(i.agent_id.as_deref().unwrap_or(""), ID_CHARS)),
             v = i.version,
             stuck = i.stuck_count,
             ci = ci_badge(i.last_ci.as_deref()),
@@ -576,10 +583,10 @@ fn timeline_section(out: &mut String, p: &Params, d: &Data) -> std::fmt::Result 
                     out,
                     " {} {}</h3><p class=\"sub\">{}{}version {} · stuck {} time(s)</p>",
                     status_chip(s.status.as_deref()),
-                    esc(s.title.as_deref().unwrap_or("")),
+                    esc(&truncate(s.title.as_deref().unwrap_or(""), TITLE_CHARS)),
                     s.agent_id
                         .as_deref()
-                        .map(|a| format!("held by <span class=\"mono\">{}</span> · ", esc(a)))
+                        .map(|a| format!("held by <span class=\"mono\">{}</span> · ", esc(&truncate(a, ID_CHARS))))
                         .unwrap_or_default(),
                     s.last_ci
                         .as_deref()
@@ -669,8 +676,8 @@ fn agents_section(out: &mut String, p: &Params, d: &Data, threshold: std::time::
             out,
             "<tr class=\"{}\" data-agent=\"{}\"><td class=\"mono\">{}</td><td>{beat}</td><td>{}</td><td>{}</td><td>{current}</td></tr>",
             if stale { "stale" } else { "fresh" },
-            esc(&a.agent_id),
-            esc(&a.agent_id),
+            esc(&truncate(&a.agent_id, ID_CHARS)),
+            esc(&truncate(&a.agent_id, ID_CHARS)),
             if stale { "<span class=\"badge stale\">STALE</span>" } else { "<span class=\"badge ok\">ok</span>" },
             esc(a.status.as_deref().unwrap_or("")),
         )?;
@@ -705,7 +712,7 @@ fn costs_section(out: &mut String, p: &Params, d: &Data) -> std::fmt::Result {
                 "(none)".to_owned()
             }
         } else {
-            k.to_owned()
+            truncate(k, ID_CHARS)
         }
     };
 
@@ -878,8 +885,8 @@ fn tokens_section(out: &mut String, p: &Params, d: &Data) -> std::fmt::Result {
             "<tr data-stream=\"{sid}\"><td><a class=\"mono\" href=\"{href}#timeline\">{sid}</a></td><td class=\"mono\">{}</td><td class=\"mono\">{}</td>\
              <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td class=\"num\" title=\"{} USD\">${}</td></tr>",
-            esc(&t.agents),
-            esc(&t.models),
+            esc(&truncate(&t.agents, ID_CHARS)),
+            esc(&truncate(&t.models, ID_CHARS)),
             thousands(t.input_tokens),
             thousands(t.output_tokens),
             thousands(t.cache_read_tokens),
@@ -999,7 +1006,7 @@ fn fmt_age(secs: f64) -> String {
 fn status_chip(status: Option<&str>) -> String {
     match status {
         Some(s) if STATUSES.contains(&s) => format!("<span class=\"status status-{s}\">{}</span>", s.replace('_', " ")),
-        Some(s) => format!("<span class=\"status\">{}</span>", esc(s)),
+        Some(s) => format!("<span class=\"status\">{}</span>", esc(&truncate(s, 40))),
         None => "<span class=\"status\">none</span>".to_owned(),
     }
 }
@@ -1008,7 +1015,7 @@ fn ci_badge(ci: Option<&str>) -> String {
     match ci {
         Some("passed") => "<span class=\"badge ok\">passed</span>".to_owned(),
         Some("failed") => "<span class=\"badge stale\">failed</span>".to_owned(),
-        Some(other) => esc(other),
+        Some(other) => esc(&truncate(other, 40)),
         None => String::new(),
     }
 }

@@ -26,6 +26,16 @@ pub enum ApiError {
     /// Something that should not happen, such as stored data that cannot be read: logged with
     /// its detail, answered 500 without it.
     Internal(String),
+    /// A write whose body is not declared `application/json`.
+    UnsupportedMediaType(&'static str),
+    /// A request from another site's page (its `Origin`).
+    ForbiddenOrigin(String),
+    /// A `Host` that is not this server's name (DNS rebinding).
+    MisdirectedRequest(String),
+    /// `ingest.request_timeout` passed before the answer was ready.
+    RequestTimeout,
+    /// Every read slot stayed taken while the read waited.
+    Busy(&'static str),
 }
 
 impl From<AppendError> for ApiError {
@@ -69,6 +79,20 @@ impl ApiError {
             Unauthorized(d) => (StatusCode::UNAUTHORIZED, body("unauthorized", (*d).to_owned())),
             BadSignature(d) => (StatusCode::UNAUTHORIZED, body("bad_signature", (*d).to_owned())),
             NotFound(d) => (StatusCode::NOT_FOUND, body("not_found", d.clone())),
+            UnsupportedMediaType(d) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                body("unsupported_media_type", (*d).to_owned()),
+            ),
+            ForbiddenOrigin(d) => (StatusCode::FORBIDDEN, body("forbidden_origin", d.clone())),
+            MisdirectedRequest(d) => (StatusCode::MISDIRECTED_REQUEST, body("misdirected_request", d.clone())),
+            Busy(d) => (StatusCode::SERVICE_UNAVAILABLE, body("busy", (*d).to_owned())),
+            RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                body(
+                    "request_timeout",
+                    "the request took longer than ingest.request_timeout; retry (with the same event ids)".into(),
+                ),
+            ),
             Append(e) => match e {
                 AppendError::WrongExpectedVersion { expected, current } => (
                     StatusCode::CONFLICT,

@@ -21,6 +21,9 @@
 //!    them over the rate without (`--only hostile` runs just this);
 //! 2. raw 100-row INSERT, 8 connections → 500-event appends over HTTP, 4 clients;
 //! 3. claims: 64 clients racing for 32 issues (a winner releases its issue at once);
+//!    then the read burst: single-event appends at a steady 500/s, first alone, then while 32
+//!    readers read a 20,000-event stream (`read_burst_append_p99`, its p99 against the p99
+//!    without readers, target ≤ 1.2×);
 //! 4. N TOKEN_USAGE events generated in SQL, raw sequential read of `events` → token-projector
 //!    rebuild from position 0 (its consumer, in-process);
 //! 5. append → `token_usage` latency at a steady rate, token-projector as a real process;
@@ -316,6 +319,14 @@ impl Figure {
         self
     }
 
+    /// A value that must stay at or below `max_ratio` × its baseline.
+    fn ratio_at_most(mut self, target: &str, max_ratio: f64) -> Figure {
+        self.target = Some(target.to_owned());
+        self.target_ratio = Some(max_ratio);
+        self.met = Some(self.ratio <= max_ratio);
+        self
+    }
+
     fn detail(mut self, d: Value) -> Figure {
         self.detail = d;
         self
@@ -446,7 +457,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     // plans made while it was empty, and the figures would measure that instead (see the report).
     if sizes.history_events > 0 {
         progress(&format!(
-            "[0/12] seeding a history of {} events (log and raw table alike) …",
+            "[0/13] seeding a history of {} events (log and raw table alike) …",
             sizes.history_events
         ));
         generate_usage_events(&pool, sizes.history_events, "bench-history").await?;
@@ -509,13 +520,13 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
 
     // 1. single-row autocommit vs single-event appends.
     progress(&format!(
-        "[1/12] raw single-row autocommit INSERT, 8 connections, {} s …",
+        "[1/13] raw single-row autocommit INSERT, 8 connections, {} s …",
         sizes.seconds
     ));
     let (raw_single, raw_latency) = raw_insert_autocommit(&pool, &opts, sizes, wal_timed).await?;
     progress(&format!("      {:.0} rows/s", raw_single.value));
     progress(&format!(
-        "[2/12] single-event appends over HTTP, 64 clients on distinct streams, {} s …",
+        "[2/13] single-event appends over HTTP, 64 clients on distinct streams, {} s …",
         sizes.seconds
     ));
     let wal0 = WalSyncs::take(&pool).await;
@@ -531,7 +542,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     // (422), so ingest does all its HTTP and JSON work and no database work. When raw autocommit
     // is fast (a quick fsync), 4x of it can exceed what the HTTP path alone can answer.
     progress(&format!(
-        "[3/12] HTTP without the database: the same 64 clients, the body refused by validation (422), {} s …",
+        "[3/13] HTTP without the database: the same 64 clients, the body refused by validation (422), {} s …",
         sizes.seconds
     ));
     let refused = http_appends(ingest_addr, 64, 1, "refused", Body::Refused, sizes, probe).await?;
@@ -557,18 +568,18 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         "events/s",
         &http_ceiling,
     ));
-    let (alone, with_hostile) = hostile_phase(ingest_addr, sizes, probe, ["[4/12]", "[5/12]"]).await?;
+    let (alone, with_hostile) = hostile_phase(ingest_addr, sizes, probe, ["[4/13]", "[5/13]"]).await?;
     figures.push(with_hostile);
 
     // 2. 100-row transactions vs 500-event appends.
     progress(&format!(
-        "[6/12] raw 100-row INSERT per transaction, 8 connections, {} s …",
+        "[6/13] raw 100-row INSERT per transaction, 8 connections, {} s …",
         sizes.seconds
     ));
     let raw_batch = raw_insert_batches(&opts, sizes).await?;
     progress(&format!("      {:.0} rows/s", raw_batch.value));
     progress(&format!(
-        "[7/12] 500-event appends over HTTP, 4 clients, {} s …",
+        "[7/13] 500-event appends over HTTP, 4 clients, {} s …",
         sizes.seconds
     ));
     let batch = http_appends(ingest_addr, 4, 500, "batch", Body::Valid, sizes, probe).await?;
@@ -581,7 +592,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
 
     // 3. claims.
     progress(&format!(
-        "[8/12] claims: 64 clients racing for 32 issues, {} s …",
+        "[8/13] claims: 64 clients racing for 32 issues, {} s …",
         sizes.seconds
     ));
     let claims = claim_race(&http, &append_url, ingest_addr, sizes, probe).await?;
@@ -599,13 +610,42 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         &raw_single,
     ));
 
+    // 3b. a burst of reads while appends go on.
+    progress(&format!(
+        "[9/13] read burst: {READ_BURST_RATE} appends/s alone, then with {READ_BURST_READERS} readers of a {READ_BURST_EVENTS}-event stream, {} s each …",
+        sizes.seconds
+    ));
+    let burst = read_burst(ingest_addr, sizes, probe).await?;
+    progress(&format!(
+        "      append p99 {:.2} ms alone, {:.2} ms with readers; {:.0} reads/s",
+        burst.quiet.p99, burst.busy.p99, burst.reads_per_s
+    ));
+    let read_burst_baseline = Baseline {
+        name: "read_burst_append_p99_without_readers",
+        value: burst.quiet.p99,
+        unit: "ms (p99)",
+        detail: json!({"what": "the same appends, on the same connections, in the window before the readers start",
+                       "p50_ms": burst.quiet.p50, "max_ms": burst.quiet.max}),
+    };
+    figures.push(
+        Figure::new(
+            "read_burst_append_p99",
+            burst.busy.p99,
+            "ms",
+            "read_burst_append_p99_without_readers",
+            burst.quiet.p99,
+        )
+        .ratio_at_most("p99 <= 1.2x the same appends without readers", 1.2)
+        .detail(burst.detail),
+    );
+
     // 4. rebuild.
     progress(&format!(
-        "[9/12] generating {} TOKEN_USAGE events in SQL …",
+        "[10/13] generating {} TOKEN_USAGE events in SQL …",
         sizes.rebuild_events
     ));
     generate_usage_events(&pool, sizes.rebuild_events, "bench-rebuild").await?;
-    progress("[10/12] raw sequential read of events, then token-projector rebuild from position 0 …");
+    progress("[11/13] raw sequential read of events, then token-projector rebuild from position 0 …");
     let raw_read = raw_read(&opts).await?;
     progress(&format!("      raw read {:.0} rows/s", raw_read.value));
     let rebuild = rebuild_token_projector(&pool, &raw_read).await?;
@@ -616,7 +656,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     let mut token = launcher.spawn(TOKEN, ports.token)?;
     token.wait_ready(&http, Duration::from_secs(30)).await?;
     progress(&format!(
-        "[11/12] append → token_usage latency at {}/s for {} s (rig-token-projector pid {}) …",
+        "[12/13] append → token_usage latency at {}/s for {} s (rig-token-projector pid {}) …",
         sizes.latency_rate,
         sizes.latency_seconds,
         token.pid()
@@ -648,7 +688,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     }
 
     // 6. idle.
-    progress("[12/12] every worker idle: starting the others and waiting for them to catch up …");
+    progress("[13/13] every worker idle: starting the others and waiting for them to catch up …");
     let mut workers = vec![ingest, token];
     for (bin, port) in [(COST, ports.cost), (STALE, ports.stale), (NOTIFIER, ports.notifier)] {
         let mut w = launcher.spawn(bin, port)?;
@@ -675,6 +715,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     });
     baselines.push(raw_batch);
     baselines.push(raw_read);
+    baselines.push(read_burst_baseline);
     let all_met = figures.iter().all(|f| f.met != Some(false));
     stop_all(workers);
     Ok(Report {
@@ -1410,6 +1451,202 @@ async fn post_raw(
         *conn = None;
     }
     r
+}
+
+/// Readers and the stream they read in the read-burst phase.
+const READ_BURST_READERS: usize = 32;
+const READ_BURST_EVENTS: usize = 20_000;
+/// Single-event appends per second during the read-burst phase, spread over 8 clients: a steady
+/// trickle well under the machine's capacity, so what changes between the two windows is the
+/// readers alone.
+const READ_BURST_RATE: u32 = 500;
+const READ_BURST_APPENDERS: usize = 8;
+
+struct ReadBurst {
+    quiet: Percentiles,
+    busy: Percentiles,
+    reads_per_s: f64,
+    detail: Value,
+}
+
+/// Append latency at a steady rate, first alone, then while 32 readers in a closed loop read a
+/// 20,000-event issue stream (its first page, a time-travel read that folds half of it, and the
+/// issue's state, in turn). The appenders run through both windows on the same connections, so
+/// the two p99s differ by the readers alone.
+async fn read_burst(ingest_addr: SocketAddr, sizes: &Sizes, ingest: IngestProbe<'_>) -> anyhow::Result<ReadBurst> {
+    use crate::http_load::Conn;
+    let sid = "bench/read-burst#1";
+    let enc = sid.replace('/', "%2F").replace('#', "%23");
+    let mut conn = Conn::connect(ingest_addr).await.map_err(|e| anyhow!(e))?;
+    let approve =
+        format!(r#"{{"stream_id":"{sid}","events":[{{"type":"ISSUE_APPROVED","data":{{"title":"read burst"}}}}]}}"#);
+    let heartbeats = append_body_with(sid, 1000, r#"{"agent_id":"bench-reader"}"#).replace("TOKEN_USAGE", "HEARTBEAT");
+    let (s, text) = conn
+        .post("/v1/events", approve.as_bytes())
+        .await
+        .map_err(|e| anyhow!(e))?;
+    if s != 201 {
+        bail!(
+            "read burst: creating the stream: {s}: {}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+    for _ in 0..READ_BURST_EVENTS / 1000 {
+        let (s, text) = conn
+            .post("/v1/events", heartbeats.as_bytes())
+            .await
+            .map_err(|e| anyhow!(e))?;
+        if s != 201 {
+            bail!(
+                "read burst: filling the stream: {s}: {}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+    }
+
+    // 0 warm-up, 1 quiet window, 2 readers warming up, 3 busy window, 4 stop.
+    let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let appends = Arc::new(Counters::default());
+    let mut appenders = JoinSet::new();
+    let interval = Duration::from_secs_f64(READ_BURST_APPENDERS as f64 / f64::from(READ_BURST_RATE));
+    for k in 0..READ_BURST_APPENDERS {
+        let body = append_body(&format!("bench/read-burst-appends#{}", k + 1), 1).into_bytes();
+        let (phase, c) = (phase.clone(), appends.clone());
+        appenders.spawn(async move {
+            let (mut quiet, mut busy) = (Vec::new(), Vec::new());
+            let mut conn = None;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            loop {
+                ticker.tick().await;
+                let p = phase.load(Ordering::Relaxed);
+                if p >= 4 {
+                    break;
+                }
+                let t = Instant::now();
+                match post_raw(&mut conn, ingest_addr, &body).await {
+                    Ok((201, _)) => {
+                        let ms = t.elapsed().as_secs_f64() * 1e3;
+                        match p {
+                            1 => quiet.push(ms),
+                            3 => busy.push(ms),
+                            _ => {}
+                        }
+                        c.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((s, text)) => c.error(format!("append: {s}: {}", String::from_utf8_lossy(&text))),
+                    Err(e) => c.error(format!("append: {e}")),
+                }
+            }
+            (quiet, busy)
+        });
+    }
+    tokio::time::sleep(sizes.warmup()).await;
+    phase.store(1, Ordering::Relaxed);
+    let q0 = Snap::take(&appends, Some(ingest.pid));
+    tokio::time::sleep(sizes.measure()).await;
+    let q1 = Snap::take(&appends, Some(ingest.pid));
+    phase.store(2, Ordering::Relaxed);
+
+    let reads = Arc::new(Counters::default());
+    let busy_answers = Arc::new(AtomicU64::new(0));
+    let mut readers = JoinSet::new();
+    for r in 0..READ_BURST_READERS {
+        let paths = [
+            format!("/v1/streams/{enc}"),
+            format!("/v1/streams/{enc}?to_version={}&limit=100", READ_BURST_EVENTS / 2 + r),
+            format!("/v1/issues/{enc}"),
+        ];
+        let (phase, c, busy_answers) = (phase.clone(), reads.clone(), busy_answers.clone());
+        readers.spawn(async move {
+            let mut samples = Vec::new();
+            let mut conn: Option<Conn> = None;
+            let mut i = r;
+            while phase.load(Ordering::Relaxed) < 4 {
+                i += 1;
+                if conn.is_none() {
+                    match Conn::connect(ingest_addr).await {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            c.error(e);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(cn) = conn.as_mut() else { continue };
+                let t = Instant::now();
+                match cn.get(&paths[i % paths.len()]).await {
+                    Ok((200, _)) => {
+                        if phase.load(Ordering::Relaxed) == 3 {
+                            samples.push(t.elapsed().as_secs_f64() * 1e3);
+                        }
+                        c.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Told to come back later: the read pool was busy for too long.
+                    Ok((503 | 408, _)) => {
+                        busy_answers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((s, text)) => c.error(format!("read: {s}: {}", String::from_utf8_lossy(&text))),
+                    Err(e) => {
+                        conn = None;
+                        c.error(format!("read: {e}"));
+                    }
+                }
+            }
+            samples
+        });
+    }
+    tokio::time::sleep(sizes.warmup()).await;
+    phase.store(3, Ordering::Relaxed);
+    let b0 = Snap::take(&appends, Some(ingest.pid));
+    let r0 = reads.ok.load(Ordering::Relaxed);
+    tokio::time::sleep(sizes.measure()).await;
+    let b1 = Snap::take(&appends, Some(ingest.pid));
+    let r1 = reads.ok.load(Ordering::Relaxed);
+    phase.store(4, Ordering::Relaxed);
+
+    let (mut quiet, mut busy) = (Vec::new(), Vec::new());
+    while let Some(r) = appenders.join_next().await {
+        let (q, b) = r?;
+        quiet.extend(q);
+        busy.extend(b);
+    }
+    let mut read_ms = Vec::new();
+    while let Some(r) = readers.join_next().await {
+        read_ms.extend(r?);
+    }
+    if quiet.is_empty() || busy.is_empty() {
+        bail!(
+            "read burst: no append succeeded in a window: {}",
+            appends.first_error().unwrap_or_else(|| "no answer".into())
+        );
+    }
+    let (wq, wb) = (Window::between(&q0, &q1), Window::between(&b0, &b1));
+    let reads_per_s = (r1 - r0) as f64 / wb.secs;
+    let (pq, pb, pr) = (percentiles(quiet), percentiles(busy), percentiles(read_ms));
+    let mut detail = json!({
+        "stream_events": READ_BURST_EVENTS + 1, "readers": READ_BURST_READERS,
+        "appenders": READ_BURST_APPENDERS, "append_rate_per_s": READ_BURST_RATE,
+        "reads": "in turn: GET /v1/streams/{id} (the default page), ?to_version=N&limit=100 (a fold of ~10,000 events), GET /v1/issues/{id}",
+        "append_ms_without_readers": {"p50": pq.p50, "p99": pq.p99, "max": pq.max, "appends_per_s": round(wq.rate(wq.ok), 1),
+                                      "machine_busy_pct": wq.machine_busy_pct.map(|p| round(p, 1))},
+        "append_ms_with_readers": {"p50": pb.p50, "p99": pb.p99, "max": pb.max, "appends_per_s": round(wb.rate(wb.ok), 1),
+                                   "machine_busy_pct": wb.machine_busy_pct.map(|p| round(p, 1)),
+                                   "ingest_cpu_pct_of_core": wb.ingest_cpu.map(|c| round(100.0 * c / wb.secs, 1))},
+        "reads_per_s": round(reads_per_s, 1), "read_ms": {"p50": pr.p50, "p99": pr.p99, "max": pr.max},
+        "reads_told_to_retry": busy_answers.load(Ordering::Relaxed),
+        "append_errors": appends.errors.load(Ordering::Relaxed), "read_errors": reads.errors.load(Ordering::Relaxed),
+    });
+    if let Some(e) = appends.first_error().or_else(|| reads.first_error()) {
+        detail["first_error"] = json!(e);
+    }
+    Ok(ReadBurst {
+        quiet: pq,
+        busy: pb,
+        reads_per_s,
+        detail,
+    })
 }
 
 struct ClaimResult {

@@ -45,6 +45,16 @@ impl Conn {
         self.read_response().await
     }
 
+    /// GETs `path`; returns the status and the answer's body.
+    pub async fn get(&mut self, path: &str) -> Result<(u16, Vec<u8>), String> {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        self.stream
+            .write_all(head.as_bytes())
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        self.read_response().await
+    }
+
     async fn read_response(&mut self) -> Result<(u16, Vec<u8>), String> {
         self.buf.clear();
         loop {

@@ -1,14 +1,17 @@
 //! Read-only views for operators: a stream as a timeline (with time travel), the issue board,
 //! and the consumers' progress. They read the database directly, so they work while ingest is
-//! down, and fold streams with the same function ingest uses.
+//! down, and fold streams with the same function ingest uses. Rows stream from the database as
+//! they are printed: nothing here holds a whole stream or board.
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use serde_json::{json, Value};
 use shared::events::{StoredEvent, EVENT_COLUMNS};
-use shared::fold::{fold_stored, IssueState};
+use shared::fold::{IssueState, StreamFold};
 use shared::StreamId;
 use sqlx::PgPool;
+use std::io::Write;
 use std::process::ExitCode;
 
 pub async fn stream(
@@ -27,15 +30,6 @@ pub async fn stream(
         ),
         None => None,
     };
-    let events: Vec<StoredEvent> = sqlx::query_as(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 \
-         AND ($2::bigint IS NULL OR version <= $2) AND ($3::timestamptz IS NULL OR recorded_at <= $3) ORDER BY version"
-    ))
-    .bind(&sid)
-    .bind(to_version)
-    .bind(at)
-    .fetch_all(pool)
-    .await?;
     let total: Option<i32> = sqlx::query_scalar("SELECT max(version) FROM events WHERE stream_id = $1")
         .bind(&sid)
         .fetch_one(pool)
@@ -43,15 +37,39 @@ pub async fn stream(
     let Some(total) = total else {
         bail!("stream {sid} has no events")
     };
-    let state = fold_stored(&sid, &events);
-    let version = events.last().map_or(0, |e| e.version);
+    let cut =
+        "stream_id = $1 AND ($2::bigint IS NULL OR version <= $2) AND ($3::timestamptz IS NULL OR recorded_at <= $3)";
+    let version: i32 = sqlx::query_scalar::<_, Option<i32>>(&format!("SELECT max(version) FROM events WHERE {cut}"))
+        .bind(&sid)
+        .bind(to_version)
+        .bind(at)
+        .fetch_one(pool)
+        .await?
+        .unwrap_or(0);
+    // The events stream from the database through the fold and out, so a long stream is never
+    // held whole (an agent's heartbeats can number millions).
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE {cut} ORDER BY version");
+    let mut rows = sqlx::query_as::<_, StoredEvent>(&sql)
+        .bind(&sid)
+        .bind(to_version)
+        .bind(at)
+        .fetch(pool);
+    let mut fold = StreamFold::new(&sid);
     if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"stream_id": sid, "version": version, "events": events, "state": state})
-            )?
-        );
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        write!(out, "{{\"stream_id\":{},\"version\":{version},\"events\":[", json!(sid))?;
+        let mut first = true;
+        while let Some(e) = rows.try_next().await? {
+            fold.apply(&e);
+            if !first {
+                out.write_all(b",")?;
+            }
+            first = false;
+            serde_json::to_writer(&mut out, &e)?;
+        }
+        write!(out, "],\"state\":{}}}", serde_json::to_string(&fold.finish())?)?;
+        writeln!(out)?;
+        out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
     let shown = if i64::from(version) < i64::from(total) {
@@ -65,7 +83,8 @@ pub async fn stream(
         "VER", "RECORDED (UTC)", "+SINCE", "TYPE"
     );
     let mut prev: Option<DateTime<Utc>> = None;
-    for e in &events {
+    while let Some(e) = rows.try_next().await? {
+        fold.apply(&e);
         let since = prev
             .map(|p| human_duration(e.recorded_at - p))
             .unwrap_or_else(|| "".into());
@@ -79,7 +98,7 @@ pub async fn stream(
             key_fields(&e.data)
         );
     }
-    if let Some(s) = &state {
+    if let Some(s) = &fold.finish() {
         println!("\nstate at version {}:", s.version);
         print_state(s);
     }
@@ -179,21 +198,38 @@ pub async fn issues(pool: &PgPool, status: Option<&str>, as_json: bool) -> anyho
             bail!("--status must be one of {}", STATUSES.join(", "));
         }
     }
-    let rows: Vec<IssueState> = sqlx::query_as(
+    // Streamed from the database as printed, so a board of any size is never held whole.
+    let mut rows = sqlx::query_as::<_, IssueState>(
         "SELECT * FROM issue_state WHERE ($1::text IS NULL OR status = $1) ORDER BY updated_at DESC, stream_id",
     )
     .bind(status)
-    .fetch_all(pool)
-    .await?;
+    .fetch(pool);
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&json!({"issues": rows}))?);
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        out.write_all(b"{\"issues\":[")?;
+        let mut first = true;
+        while let Some(r) = rows.try_next().await? {
+            if !first {
+                out.write_all(b",")?;
+            }
+            first = false;
+            serde_json::to_writer(&mut out, &r)?;
+        }
+        out.write_all(b"]}\n")?;
+        out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
     println!(
         "{:<40} {:<12} {:<18} {:>4} {:>5} {:<7} {:<20}",
         "ISSUE", "STATUS", "AGENT", "VER", "STUCK", "CI", "UPDATED (UTC)"
     );
-    for r in &rows {
+    let mut n = 0usize;
+    let mut counts = vec![0usize; STATUSES.len()];
+    while let Some(r) = rows.try_next().await? {
+        n += 1;
+        if let Some(i) = STATUSES.iter().position(|s| r.status.as_deref() == Some(*s)) {
+            counts[i] += 1;
+        }
         println!(
             "{:<40} {:<12} {:<18} {:>4} {:>5} {:<7} {:<20}",
             r.stream_id,
@@ -205,16 +241,14 @@ pub async fn issues(pool: &PgPool, status: Option<&str>, as_json: bool) -> anyho
             r.updated_at.format("%Y-%m-%d %H:%M:%S")
         );
     }
-    let mut counts: Vec<String> = Vec::new();
-    for s in STATUSES {
-        let n = rows.iter().filter(|r| r.status.as_deref() == Some(*s)).count();
-        if n > 0 {
-            counts.push(format!("{n} {s}"));
-        }
-    }
+    let counts: Vec<String> = STATUSES
+        .iter()
+        .zip(counts)
+        .filter(|(_, c)| *c > 0)
+        .map(|(s, c)| format!("{c} {s}"))
+        .collect();
     println!(
-        "\n{} issues{}{}",
-        rows.len(),
+        "\n{n} issues{}{}",
         if counts.is_empty() { "" } else { ": " },
         counts.join(", ")
     );

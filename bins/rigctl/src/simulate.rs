@@ -365,17 +365,21 @@ impl Sim {
 
     /// This run's issues as ingest sees them.
     async fn our_issues(&self, status: Option<&str>) -> Option<Vec<IssueView>> {
-        let path = match status {
-            Some(s) => format!("/v1/issues?status={s}&limit=10000"),
-            None => "/v1/issues?limit=10000".to_owned(),
-        };
-        let v = self.get_json(&path).await?;
-        let list: Vec<IssueView> = serde_json::from_value(v.get("issues")?.clone()).ok()?;
-        Some(
-            list.into_iter()
-                .filter(|i| self.index.contains_key(&i.stream_id))
-                .collect(),
-        )
+        let filter = status.map(|s| format!("status={s}&")).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut offset = 0;
+        // Page by page: ingest answers at most 10,000 issues a request.
+        loop {
+            let v = self
+                .get_json(&format!("/v1/issues?{filter}limit=10000&offset={offset}"))
+                .await?;
+            let list: Vec<IssueView> = serde_json::from_value(v.get("issues")?.clone()).ok()?;
+            out.extend(list.into_iter().filter(|i| self.index.contains_key(&i.stream_id)));
+            match v.get("next_offset").and_then(Value::as_i64) {
+                Some(next) => offset = next,
+                None => return Some(out),
+            }
+        }
     }
 
     async fn issue(&self, stream: &str) -> Option<IssueView> {
@@ -860,17 +864,26 @@ async fn wait_ready(http: &reqwest::Client, base: &str, shutdown: &CancellationT
 async fn highest_numbers(http: &reqwest::Client, base: &str) -> anyhow::Result<HashMap<&'static str, i64>> {
     let mut out = HashMap::new();
     for repo in REPOS {
-        let v: Value = http
-            .get(format!("{base}/v1/issues?repo={repo}&limit=10000"))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("list the issues of {repo}"))?
-            .json()
-            .await?;
-        let list: Vec<IssueView> =
-            serde_json::from_value(v.get("issues").cloned().unwrap_or(Value::Null)).unwrap_or_default();
-        out.insert(*repo, list.iter().map(|i| i.issue_number).max().unwrap_or(0));
+        let mut highest = 0;
+        let mut offset = 0;
+        loop {
+            let v: Value = http
+                .get(format!("{base}/v1/issues?repo={repo}&limit=10000&offset={offset}"))
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("list the issues of {repo}"))?
+                .json()
+                .await?;
+            let list: Vec<IssueView> =
+                serde_json::from_value(v.get("issues").cloned().unwrap_or(Value::Null)).unwrap_or_default();
+            highest = list.iter().map(|i| i.issue_number).fold(highest, i64::max);
+            match v.get("next_offset").and_then(Value::as_i64) {
+                Some(next) => offset = next,
+                None => break,
+            }
+        }
+        out.insert(*repo, highest);
     }
     Ok(out)
 }
