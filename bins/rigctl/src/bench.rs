@@ -80,7 +80,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub keep: bool,
     /// Run only this phase (after seeding the history and starting ingest): `hostile`, honest
-    /// appends with and without hostile clients.
+    /// appends with and without hostile clients; `read-burst`, append latency with and without
+    /// 32 readers of a long stream.
     #[arg(long, value_enum)]
     pub only: Option<Phase>,
 }
@@ -91,6 +92,8 @@ pub struct BenchArgs {
 pub enum Phase {
     /// 64 honest clients appending with and without 4 hostile clients.
     Hostile,
+    /// Appends at a steady rate, alone and then beside 32 readers of a long stream.
+    ReadBurst,
 }
 
 /// The sizes of one run, with `--quick` resolved.
@@ -501,9 +504,15 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
 
     let mut baselines = Vec::new();
     let mut figures = Vec::new();
-    if sizes.only == Some(Phase::Hostile) {
-        let (alone, with_hostile) = hostile_phase(ingest_addr, sizes, probe, ["[1/2]", "[2/2]"]).await?;
-        let all_met = with_hostile.met != Some(false);
+    if let Some(phase) = sizes.only {
+        let (alone, figure) = match phase {
+            Phase::Hostile => hostile_phase(ingest_addr, sizes, probe, ["[1/2]", "[2/2]"]).await?,
+            Phase::ReadBurst => {
+                progress(&read_burst_announcement(sizes, "[1/1]"));
+                read_burst_figure(read_burst(ingest_addr, sizes, probe).await?)
+            }
+        };
+        let all_met = figure.met != Some(false);
         stop_all(vec![ingest]);
         return Ok(Report {
             database: String::new(),
@@ -514,7 +523,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
             ingest: INGEST_HOW,
             all_met,
             baselines: vec![alone],
-            figures: vec![with_hostile],
+            figures: vec![figure],
         });
     }
 
@@ -611,33 +620,9 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     ));
 
     // 3b. a burst of reads while appends go on.
-    progress(&format!(
-        "[9/13] read burst: {READ_BURST_RATE} appends/s alone, then with {READ_BURST_READERS} readers of a {READ_BURST_EVENTS}-event stream, {} s each …",
-        sizes.seconds
-    ));
-    let burst = read_burst(ingest_addr, sizes, probe).await?;
-    progress(&format!(
-        "      append p99 {:.2} ms alone, {:.2} ms with readers; {:.0} reads/s",
-        burst.quiet.p99, burst.busy.p99, burst.reads_per_s
-    ));
-    let read_burst_baseline = Baseline {
-        name: "read_burst_append_p99_without_readers",
-        value: burst.quiet.p99,
-        unit: "ms (p99)",
-        detail: json!({"what": "the same appends, on the same connections, in the window before the readers start",
-                       "p50_ms": burst.quiet.p50, "max_ms": burst.quiet.max}),
-    };
-    figures.push(
-        Figure::new(
-            "read_burst_append_p99",
-            burst.busy.p99,
-            "ms",
-            "read_burst_append_p99_without_readers",
-            burst.quiet.p99,
-        )
-        .ratio_at_most("p99 <= 1.2x the same appends without readers", 1.2)
-        .detail(burst.detail),
-    );
+    progress(&read_burst_announcement(sizes, "[9/13]"));
+    let (read_burst_baseline, read_burst_fig) = read_burst_figure(read_burst(ingest_addr, sizes, probe).await?);
+    figures.push(read_burst_fig);
 
     // 4. rebuild.
     progress(&format!(
@@ -1467,6 +1452,40 @@ struct ReadBurst {
     busy: Percentiles,
     reads_per_s: f64,
     detail: Value,
+}
+
+/// The progress line of the read-burst phase.
+fn read_burst_announcement(sizes: &Sizes, step: &str) -> String {
+    format!(
+        "{step} read burst: {READ_BURST_RATE} appends/s alone, then with {READ_BURST_READERS} readers of a \
+         {READ_BURST_EVENTS}-event stream, {} s each …",
+        sizes.seconds
+    )
+}
+
+/// The read burst's baseline (append p99 without readers) and figure (with them).
+fn read_burst_figure(burst: ReadBurst) -> (Baseline, Figure) {
+    progress(&format!(
+        "      append p99 {:.2} ms alone, {:.2} ms with readers; {:.0} reads/s",
+        burst.quiet.p99, burst.busy.p99, burst.reads_per_s
+    ));
+    let baseline = Baseline {
+        name: "read_burst_append_p99_without_readers",
+        value: burst.quiet.p99,
+        unit: "ms (p99)",
+        detail: json!({"what": "the same appends, on the same connections, in the window before the readers start",
+                       "p50_ms": burst.quiet.p50, "max_ms": burst.quiet.max}),
+    };
+    let figure = Figure::new(
+        "read_burst_append_p99",
+        burst.busy.p99,
+        "ms",
+        "read_burst_append_p99_without_readers",
+        burst.quiet.p99,
+    )
+    .ratio_at_most("p99 <= 1.2x the same appends without readers", 1.2)
+    .detail(burst.detail);
+    (baseline, figure)
 }
 
 /// Append latency at a steady rate, first alone, then while 32 readers in a closed loop read a
