@@ -1,4 +1,4 @@
-//! The consumer runtime: the one loop every tailing worker runs (SPEC §5).
+//! The consumer runtime: the one loop every tailing worker runs.
 //!
 //! What it promises:
 //! - **No skip, no double apply.** Each batch is read, applied and checkpointed in ONE
@@ -919,7 +919,7 @@ impl<P: Projection> Consumer<P> {
     }
 }
 
-/// Every per-consumer metric of SPEC §8, registered at start with its resting value, so that a
+/// Every per-consumer metric, registered at start with its resting value, so that a
 /// hot standby, or a consumer that has not applied anything yet, already shows the whole set (an
 /// alert that finds a series missing cannot tell "zero" from "not running").
 fn register_metrics(name: &'static str) {

@@ -1,4 +1,4 @@
-//! The event catalog (SPEC §3): which types exist, which `data` fields each requires, and
+//! The event catalog: which types exist, which `data` fields each requires, and
 //! validation that says precisely what is wrong. Unknown UPPER_SNAKE types are accepted as
 //! they are: the rig adds types over time and projections ignore what they do not know.
 //!
@@ -197,7 +197,7 @@ fn spec(event_type: &str) -> Option<Spec> {
     }
 }
 
-/// True for the types of SPEC §3 (validated); false for types the rig added later.
+/// True for the catalog's types (validated); false for types the rig added later.
 pub fn is_known_type(event_type: &str) -> bool {
     spec(event_type).is_some()
 }

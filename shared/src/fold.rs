@@ -1,4 +1,4 @@
-//! The issue state: a pure fold of an issue stream in version order (SPEC §3). The same
+//! The issue state: a pure fold of an issue stream in version order. The same
 //! function feeds the inline `issue_state` table, time travel and `rigctl stream`, so the three
 //! can never disagree.
 
@@ -101,7 +101,7 @@ impl IssueState {
     }
 }
 
-/// The status an event of `event_type` gives its issue (SPEC §3), or `None` for the types that
+/// The status an event of `event_type` gives its issue, or `None` for the types that
 /// leave the status as it is. The one table of status transitions: [`IssueState::apply`] uses
 /// it, and so does every read model that follows an issue's status (stale-heartbeat).
 pub fn status_set_by(event_type: &str) -> Option<&'static str> {

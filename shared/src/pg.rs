@@ -1,4 +1,4 @@
-//! Finding a Postgres to run against (SPEC §10): the configured URL, else the one on
+//! Finding a Postgres to run against: the configured URL, else the one on
 //! 127.0.0.1:5432, else a private throwaway cluster made with the `initdb`/`pg_ctl` found on
 //! this machine. `rigctl up` and the test suite both use this.
 

@@ -525,7 +525,7 @@ impl Default for SystemPorts {
 
 /// The rows where `token_usage` or `daily_cost` differ from a fold of the log computed here,
 /// independently of the projectors: SQL over `events` with `prices` bound as a table. Empty when
-/// both tables equal the fold. The rule folded is SPEC §5's: the event's `cost_usd` when given,
+/// both tables equal the fold. The rule folded is the cost-projector's: the event's `cost_usd` when given,
 /// else the price row with the latest `effective_from` on or before the event's UTC day
 /// (`occurred_at`, else `recorded_at`), else 0 USD counted as unpriced. Costs are multiplied by
 /// 0.000001 rather than divided by a million, so Postgres computes them exactly too.

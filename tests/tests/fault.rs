@@ -1,4 +1,4 @@
-//! The whole-system fault test (SPEC §12): every worker of the rig runs as a real process against
+//! The whole-system fault test: every worker of the rig runs as a real process against
 //! a Postgres of its own, fed by `rigctl simulate` and by writers of this test, while the test
 //! SIGKILLs tailing workers at random moments, kills one of the two ingests, crashes Postgres
 //! once (immediate shutdown: no checkpoint, unflushed WAL lost, crash recovery at start), and

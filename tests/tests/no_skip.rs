@@ -1,4 +1,4 @@
-//! The no-skip guarantee of SPEC §2, proven the hard way: two real `rig-ingest` processes append
+//! The no-skip guarantee, proven the hard way: two real `rig-ingest` processes append
 //! to one database under concurrent load, while a test-only trigger makes chosen append
 //! transactions slow (sleeping after their positions were drawn) or roll back. A reader tails the
 //! log exactly as consumers do (`position > checkpoint`, bounded batches) and must see every

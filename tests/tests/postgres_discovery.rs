@@ -1,4 +1,4 @@
-//! Finding Postgres (SPEC §10): the last resort, a private throwaway cluster made with the
+//! Finding Postgres: the last resort, a private throwaway cluster made with the
 //! `initdb`/`pg_ctl` found on this machine, really starts, serves, and is removed on drop.
 #![allow(clippy::unwrap_used)]
 

@@ -183,7 +183,7 @@ async fn append_log(pool: &PgPool, start: i64, n: i64) {
     commit_append(tx).await;
 }
 
-/// The fold of SPEC §5 over `events` up to `upto` (without the events dead-lettered for
+/// The cost and token fold over `events` up to `upto` (without the events dead-lettered for
 /// `consumer`): cost is the event's `cost_usd`, else the price in force on its UTC day
 /// (`occurred_at`, else `recorded_at`), else 0 and unpriced. Prices are multiplied by 0.000001 so
 /// Postgres computes exactly. Written here, apart from the projectors' code.
@@ -448,7 +448,7 @@ async fn a_hot_standby_takes_over_when_the_active_instance_is_killed() {
     } else {
         (&mut b, &mut a)
     };
-    // The standby shows the whole set of SPEC §8, so a dashboard or an alert never finds a series
+    // The standby shows the whole set of consumer metrics, so a dashboard or an alert never finds a series
     // missing (its position, head and lag, those of the checkpoint it waits on, from its first
     // look at the database).
     let text = wait_for("the standby's position", Duration::from_secs(5), || async {

@@ -1,4 +1,4 @@
-//! The operator's commands of SPEC §9 as a script or a person runs them: the real `rigctl`
+//! The operator's commands as a script or a person runs them: the real `rigctl`
 //! binary against a real database, its stdout, stderr and exit code. `stream` (with time
 //! travel), `issues`, `consumers --json` (exactly the keys the spec names), `reset`, and `skip`
 //! (only ever the consumer's next event, dead-lettered); bad input exits non-zero with a message
@@ -128,7 +128,7 @@ async fn rigctl_inspects_streams_issues_and_consumers_and_refuses_bad_input() {
         r.stdout
     );
 
-    // consumers --json: a list of objects with exactly the keys SPEC §9 names, plus `consumer`.
+    // consumers --json: a list of objects with exactly the documented keys, plus `consumer`.
     let r = rigctl(&db, &["consumers", "--json"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let list = json_of(&r);

@@ -1026,7 +1026,7 @@ struct Coverage {
     statuses: BTreeMap<String, usize>,
 }
 
-/// The issue status after `event_type`, as the table of SPEC §3 says (`None`: unchanged).
+/// The issue status after `event_type`, as the issue fold's table says (`None`: unchanged).
 fn status_after(event_type: &str) -> Option<&'static str> {
     match event_type {
         "ISSUE_APPROVED" | "ISSUE_UNASSIGNED" => Some("approved"),
@@ -1066,7 +1066,7 @@ fn names(data: &Value) -> Names {
 
 /// The table the log should produce, folded here from the events in position order without the
 /// worker's code: a row per issue from its ISSUE_ASSIGNED until its ISSUE_UNASSIGNED, with the
-/// holder, the issue number, the status of the §3 fold, the stream's latest version, the time of
+/// holder, the issue number, the status of the issue fold, the stream's latest version, the time of
 /// the assignment, and the time of the latest sign of life since then (an event on the issue
 /// stream, or a HEARTBEAT on the holder's own agent stream naming the issue by stream id or by
 /// the number of an issue it holds).

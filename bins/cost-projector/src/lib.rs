@@ -1,6 +1,6 @@
 //! rig-cost-projector: tails the event log and keeps `daily_cost`, one row per (UTC day, repo,
 //! agent, model) with summed tokens, exact cost, event count and the events that could not be
-//! priced (SPEC §5).
+//! priced.
 //!
 //! What it promises: the table always equals a fold of the `TOKEN_USAGE` events up to the
 //! checkpoint, because each batch is summed in memory and written with ONE upsert in the

@@ -1,4 +1,4 @@
-//! The native JSON API (SPEC §4): append, stream reads with time travel, and the read models.
+//! The native JSON API: append, stream reads with time travel, and the read models.
 
 use crate::error::ApiError;
 use crate::writer::{Append, AppendOk, NewEvent};

@@ -1,5 +1,5 @@
 //! `POST /v1/github/webhook` (also `/api/webhook/github`, the path rig-conductor used): GitHub's
-//! own account of an issue's life, turned into catalog events (SPEC §6).
+//! own account of an issue's life, turned into catalog events.
 //!
 //! What it promises:
 //! - With `ingest.github.webhook_secret` set, a delivery is read only when `X-Hub-Signature-256`
@@ -178,7 +178,7 @@ fn put(data: &mut Map<String, Value>, key: &str, v: Option<&str>) {
     }
 }
 
-/// Maps a delivery to the event it means (SPEC §6). `Err` is a payload that lacks what its
+/// Maps a delivery to the event it means. `Err` is a payload that lacks what its
 /// type and action promise.
 pub fn plan(event: &str, p: &Value, approve_label: &str) -> Result<Plan, String> {
     let action = str_at(p, "/action");
@@ -603,7 +603,7 @@ async fn handle_delivery(
     // The same body as an earlier delivery that could not be linked: that delivery again, under
     // its own id (its event ids, its record).
     let delivery = first.as_deref().unwrap_or(delivery);
-    // A redelivery is answered 200 (SPEC §6) and never stores anything twice. One that could
+    // A redelivery is answered 200 and never stores anything twice. One that could
     // not be linked before is looked at again (its PR may be known by now: an operator fixes
     // the link and redelivers), as the same event ids.
     let redelivered = previous.is_some();

@@ -5,7 +5,7 @@
 //! on its own: a version conflict, a duplicate id or a refused claim answers that request alone
 //! and never fails or delays another in the batch.
 //!
-//! **No skipped events (SPEC §2).** The first statement of every append transaction takes
+//! **No skipped events.** The first statement of every append transaction takes
 //! `pg_advisory_xact_lock(APPEND_LOCK_KEY)` (inside `rig_append_begin`, migration 0021).
 //! Positions come from an identity column and are drawn only while the lock is held, and the
 //! lock is released after the commit is visible, so transactions commit in position order,

@@ -1,4 +1,4 @@
-//! rig-notifier: posts chosen events (`notifier.events`) to a Discord webhook (SPEC §5).
+//! rig-notifier: posts chosen events (`notifier.events`) to a Discord webhook.
 //!
 //! Discord webhooks have no idempotency key, so delivery goes through an outbox: the
 //! [`outbox`] projection writes one rendered message per chosen event in the same transaction

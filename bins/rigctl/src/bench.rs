@@ -1,11 +1,11 @@
-//! `rigctl bench` (SPEC §11): measures the system next to raw-Postgres baselines taken in the
+//! `rigctl bench`: measures the system next to raw-Postgres baselines taken in the
 //! same run, on the same database, so the ratios hold on a noisy machine.
 //!
 //! What it promises: it never touches the configured database itself. It creates a scratch
 //! database `rig_bench_<random>` on the configured server, migrates it, runs the real worker
 //! binaries (the siblings of this rigctl) against it, and drops it at the end, also on error and
 //! on Ctrl-C (unless `--keep`). Every figure carries the baseline it is compared with and the
-//! ratio; the targets of SPEC §11 say whether it was met. Progress and a human table go to
+//! ratio; each figure's target says whether it was met. Progress and a human table go to
 //! stderr, the JSON report to stdout (one line with `--json`, which also drops the table).
 //!
 //! Phases, in order (a raw baseline runs right before the HTTP figure it is compared with, so
@@ -241,7 +241,7 @@ struct Report {
     sizes: Sizes,
     /// How ingest ran and why (see `bench`).
     ingest: &'static str,
-    /// Every target of SPEC §11 met.
+    /// Every target met.
     all_met: bool,
     baselines: Vec<Baseline>,
     figures: Vec<Figure>,
@@ -267,7 +267,7 @@ struct Figure {
     baseline_value: f64,
     /// value / baseline_value
     ratio: f64,
-    /// The target in words, when SPEC §11 sets one.
+    /// The target in words, when the figure has one.
     target: Option<String>,
     /// Lowest acceptable ratio.
     target_ratio: Option<f64>,

@@ -83,8 +83,8 @@ pub enum Command {
     /// Feed a realistic simulated rig through the HTTP API: agents racing for issues, heartbeats,
     /// branches, PRs, CI, reviews, token usage, and agents going silent for stale-heartbeat to catch.
     Simulate(simulate::SimulateArgs),
-    /// Measure throughput, rebuild speed, latency and idle cost next to raw-Postgres baselines
-    /// (SPEC §11), in a scratch database that is dropped afterwards. JSON on stdout.
+    /// Measure throughput, rebuild speed, latency and idle cost next to raw-Postgres baselines,
+    /// in a scratch database that is dropped afterwards. JSON on stdout.
     Bench(bench::BenchArgs),
 }
 

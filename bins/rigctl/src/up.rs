@@ -1,4 +1,4 @@
-//! `rigctl up`: the whole system on one machine. Finds or starts Postgres (SPEC §10), migrates,
+//! `rigctl up`: the whole system on one machine. Finds or starts Postgres, migrates,
 //! starts every process of the Procfile with its output prefixed by its name, and on Ctrl-C (or
 //! SIGTERM) stops them all: SIGTERM first, SIGKILL for any still running after a grace period.
 //! If one process dies, the others are stopped too, so a broken system is never half up.

@@ -1,5 +1,5 @@
 //! rig-stale-heartbeat: finds issues whose agent went quiet and asks ingest to append
-//! `AGENT_STUCK` + `ISSUE_UNASSIGNED` for them (SPEC §5).
+//! `AGENT_STUCK` + `ISSUE_UNASSIGNED` for them.
 //!
 //! Two parts share one process: the [`projection`] tails the log through the consumer runtime
 //! and keeps `stale_heartbeat_issues` (held issues and their last sign of life), and the

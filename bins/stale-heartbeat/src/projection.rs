@@ -3,7 +3,7 @@
 //! a watched status ([`WATCHED`]: `assigned` or `in_progress`).
 //!
 //! The rule: a row exists from an `ISSUE_ASSIGNED` until the next `ISSUE_UNASSIGNED` (a new
-//! `ISSUE_ASSIGNED` replaces it), which is exactly when SPEC §3 says an agent holds the issue,
+//! `ISSUE_ASSIGNED` replaces it), which is exactly when an agent holds the issue,
 //! and its `status` is the one the shared issue fold computes ([`shared::fold::status_set_by`],
 //! the same transitions as `IssueState::apply`). Rows are not dropped when the issue goes to
 //! review, is merged or done: a `REVIEW_DISPUTED` followed by `WORK_STARTED`, `BRANCH_CREATED` or
@@ -40,7 +40,7 @@ pub struct Tracked {
     pub stream_id: String,
     pub agent_id: String,
     pub issue_number: i64,
-    /// The issue's status as the shared fold computes it (SPEC §3).
+    /// The issue's status as the shared fold computes it.
     pub status: String,
     pub version: i32,
     pub assigned_at: DateTime<Utc>,

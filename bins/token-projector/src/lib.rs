@@ -1,5 +1,5 @@
 //! rig-token-projector: tails the event log and keeps `token_usage`, one row per
-//! (stream, agent, model) with summed tokens, exact cost and event count (SPEC §5).
+//! (stream, agent, model) with summed tokens, exact cost and event count.
 //!
 //! What it promises: the table always equals a fold of the `TOKEN_USAGE` events up to the
 //! checkpoint, because each batch is summed in memory and written with ONE upsert in the
