@@ -493,17 +493,21 @@ async fn hostile_event_data_still_fits_discord_limits() {
     let ingest = TestIngest::start(&db).await;
     let discord = FakeDiscord::start(vec![], Duration::ZERO).await;
     let _n = start_notifier(&db, &discord).await;
+    // Markdown, mentions, combining marks and bidi controls, each string as long as ingest takes
+    // it (a title 1,000 characters, an id 200, any other string up to 64 KiB).
     let huge = "@everyone **<@&1>** [x](https://evil.example) 💥e\u{301}\u{202E}`|| ".repeat(800);
+    let title: String = huge.chars().take(shared::events::MAX_TITLE_CHARS).collect();
+    let id: String = huge.chars().take(shared::events::MAX_ID_CHARS).collect();
     let checks: Vec<String> = (0..100).map(|i| format!("check-{i}-{}", "ü".repeat(900))).collect();
     append(
         &ingest,
         "acme/widgets#5",
         json!([
-            {"type": "ISSUE_APPROVED", "data": {"title": huge}},
-            {"type": "ISSUE_ASSIGNED", "data": {"agent_id": huge}},
+            {"type": "ISSUE_APPROVED", "data": {"title": title}},
+            {"type": "ISSUE_ASSIGNED", "data": {"agent_id": id}},
             {"type": "HUMAN_GATE_TRIGGERED", "data": {"reason": huge}},
-            {"type": "CI_FAILED", "data": {"failed_checks": checks, "run_id": huge}},
-            {"type": "AGENT_STUCK", "data": {"agent_id": huge, "reason": huge, "elapsed_seconds": 1e18}},
+            {"type": "CI_FAILED", "data": {"failed_checks": checks, "run_id": id}},
+            {"type": "AGENT_STUCK", "data": {"agent_id": id, "reason": huge, "elapsed_seconds": 1e18}},
         ]),
     )
     .await;
