@@ -62,7 +62,7 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
     let writes = Router::new()
         .route("/v1/events", post(api::append))
         .route("/api/events", post(compat::append))
-        .route_layer(axum::middleware::from_fn(require_json))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_json))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     let webhooks = Router::new()
         .route("/v1/github/webhook", post(github::webhook))
@@ -191,32 +191,36 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
     }
 }
 
-/// Writes are JSON, and say so. A browser page may send a cross-origin POST without asking
-/// first (no CORS preflight) only as `text/plain`, a form or multipart; refusing every other
-/// type keeps such a page from writing events, tokens or not.
-async fn require_json(req: Request, next: Next) -> Response {
-    if is_json(req.headers()) {
+/// In open mode (no `ingest.auth_tokens`), writes are JSON and say so. A browser page may send
+/// a cross-origin POST without asking first (no CORS preflight) only as `text/plain`, a form or
+/// multipart; refusing every other type keeps such a page from writing events through a
+/// visitor's browser. With tokens the bearer token already proves the sender (a page cannot set
+/// `Authorization` cross-origin without a preflight, which ingest never grants), so any client
+/// that sends one is served whatever type it declares.
+async fn require_json(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !state.settings.ingest.auth_tokens.is_empty() || is_json(req.headers()) {
         next.run(req).await
     } else {
-        ApiError::UnsupportedMediaType("send the body as JSON, with Content-Type: application/json").into_response()
+        ApiError::UnsupportedMediaType(
+            "send the body as JSON, with Content-Type: application/json (ingest has no auth_tokens, so it \
+             refuses what a web page could send)",
+        )
+        .into_response()
     }
 }
 
-/// [`require_json`] for the GitHub webhook. GitHub may also send a form
-/// (`application/x-www-form-urlencoded`, `payload=<json>`, its settings' default), which any web
-/// page can send too: it is taken only when `ingest.github.webhook_secret` is set, so that its
-/// signature proves it came from GitHub.
+/// [`require_json`] for the GitHub webhook, which is authenticated by its signature, not a token.
+/// With `ingest.github.webhook_secret` set the signature proves the sender, so any type is taken
+/// (GitHub sends JSON, or a form, `payload=<json>`, its settings' default). Without a secret the
+/// webhook takes JSON only: a form could come from any web page.
 async fn require_json_for_webhook(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let signed = state.settings.ingest.github.webhook_secret.is_some();
-    if is_json(req.headers()) || (signed && has_media_type(req.headers(), "application/x-www-form-urlencoded")) {
+    if state.settings.ingest.github.webhook_secret.is_some() || is_json(req.headers()) {
         next.run(req).await
     } else {
-        ApiError::UnsupportedMediaType(if signed {
-            "the webhook takes JSON or a form: set its Content type in the repository's webhook settings"
-        } else {
+        ApiError::UnsupportedMediaType(
             "with no ingest.github.webhook_secret the webhook takes JSON only (a form could come from any web page): \
-             set its Content type to application/json in the repository's webhook settings, or set the secret"
-        })
+             set its Content type to application/json in the repository's webhook settings, or set the secret",
+        )
         .into_response()
     }
 }
