@@ -1569,6 +1569,13 @@ async fn read_burst(ingest_addr: SocketAddr, sizes: &Sizes, ingest: IngestProbe<
 
     let reads = Arc::new(Counters::default());
     let busy_answers = Arc::new(AtomicU64::new(0));
+    // The readers run on a runtime of their own: receiving their large answers must not delay
+    // the appenders' tasks, whose timings would then measure the load generator, not ingest.
+    let reader_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bench-readers")
+        .enable_all()
+        .build()?;
     let mut readers = JoinSet::new();
     for r in 0..READ_BURST_READERS {
         let paths = [
@@ -1577,44 +1584,47 @@ async fn read_burst(ingest_addr: SocketAddr, sizes: &Sizes, ingest: IngestProbe<
             format!("/v1/issues/{enc}"),
         ];
         let (phase, c, busy_answers) = (phase.clone(), reads.clone(), busy_answers.clone());
-        readers.spawn(async move {
-            let mut samples = Vec::new();
-            let mut conn: Option<Conn> = None;
-            let mut i = r;
-            while phase.load(Ordering::Relaxed) < 4 {
-                i += 1;
-                if conn.is_none() {
-                    match Conn::connect(ingest_addr).await {
-                        Ok(c) => conn = Some(c),
+        readers.spawn_on(
+            async move {
+                let mut samples = Vec::new();
+                let mut conn: Option<Conn> = None;
+                let mut i = r;
+                while phase.load(Ordering::Relaxed) < 4 {
+                    i += 1;
+                    if conn.is_none() {
+                        match Conn::connect(ingest_addr).await {
+                            Ok(c) => conn = Some(c),
+                            Err(e) => {
+                                c.error(e);
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(cn) = conn.as_mut() else { continue };
+                    let t = Instant::now();
+                    match cn.get(&paths[i % paths.len()]).await {
+                        Ok((200, _)) => {
+                            if phase.load(Ordering::Relaxed) == 3 {
+                                samples.push(t.elapsed().as_secs_f64() * 1e3);
+                            }
+                            c.ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Told to come back later: the read pool was busy for too long.
+                        Ok((503 | 408, _)) => {
+                            busy_answers.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok((s, text)) => c.error(format!("read: {s}: {}", String::from_utf8_lossy(&text))),
                         Err(e) => {
-                            c.error(e);
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
+                            conn = None;
+                            c.error(format!("read: {e}"));
                         }
                     }
                 }
-                let Some(cn) = conn.as_mut() else { continue };
-                let t = Instant::now();
-                match cn.get(&paths[i % paths.len()]).await {
-                    Ok((200, _)) => {
-                        if phase.load(Ordering::Relaxed) == 3 {
-                            samples.push(t.elapsed().as_secs_f64() * 1e3);
-                        }
-                        c.ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Told to come back later: the read pool was busy for too long.
-                    Ok((503 | 408, _)) => {
-                        busy_answers.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok((s, text)) => c.error(format!("read: {s}: {}", String::from_utf8_lossy(&text))),
-                    Err(e) => {
-                        conn = None;
-                        c.error(format!("read: {e}"));
-                    }
-                }
-            }
-            samples
-        });
+                samples
+            },
+            reader_rt.handle(),
+        );
     }
     tokio::time::sleep(sizes.warmup()).await;
     phase.store(3, Ordering::Relaxed);
@@ -1635,6 +1645,8 @@ async fn read_burst(ingest_addr: SocketAddr, sizes: &Sizes, ingest: IngestProbe<
     while let Some(r) = readers.join_next().await {
         read_ms.extend(r?);
     }
+    // Its tasks are done; it cannot be dropped inside this runtime, only let go.
+    reader_rt.shutdown_background();
     if quiet.is_empty() || busy.is_empty() {
         bail!(
             "read burst: no append succeeded in a window: {}",
