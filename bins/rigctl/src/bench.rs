@@ -1500,26 +1500,14 @@ async fn read_burst(ingest_addr: SocketAddr, sizes: &Sizes, ingest: IngestProbe<
     let approve =
         format!(r#"{{"stream_id":"{sid}","events":[{{"type":"ISSUE_APPROVED","data":{{"title":"read burst"}}}}]}}"#);
     let heartbeats = append_body_with(sid, 1000, r#"{"agent_id":"bench-reader"}"#).replace("TOKEN_USAGE", "HEARTBEAT");
-    let (s, text) = conn
-        .post("/v1/events", approve.as_bytes())
-        .await
-        .map_err(|e| anyhow!(e))?;
-    if s != 201 {
-        bail!(
-            "read burst: creating the stream: {s}: {}",
-            String::from_utf8_lossy(&text)
-        );
-    }
-    for _ in 0..READ_BURST_EVENTS / 1000 {
-        let (s, text) = conn
-            .post("/v1/events", heartbeats.as_bytes())
-            .await
-            .map_err(|e| anyhow!(e))?;
+    let bodies = std::iter::once(("creating the stream", approve)).chain(std::iter::repeat_n(
+        ("filling the stream", heartbeats),
+        READ_BURST_EVENTS / 1000,
+    ));
+    for (what, body) in bodies {
+        let (s, text) = conn.post("/v1/events", body.as_bytes()).await.map_err(|e| anyhow!(e))?;
         if s != 201 {
-            bail!(
-                "read burst: filling the stream: {s}: {}",
-                String::from_utf8_lossy(&text)
-            );
+            bail!("read burst: {what}: {s}: {}", String::from_utf8_lossy(&text));
         }
     }
 
