@@ -247,6 +247,23 @@ struct Report {
     figures: Vec<Figure>,
 }
 
+impl Report {
+    /// The report of the phases run; the caller fills in the database's name and the run time.
+    fn new(machine: Value, sizes: &Sizes, baselines: Vec<Baseline>, figures: Vec<Figure>) -> Report {
+        Report {
+            database: String::new(),
+            kept: false,
+            duration_seconds: 0.0,
+            machine,
+            sizes: sizes.clone(),
+            ingest: INGEST_HOW,
+            all_met: figures.iter().all(|f| f.met != Some(false)),
+            baselines,
+            figures,
+        }
+    }
+}
+
 /// A reference measured in this run: raw Postgres, or (`http_refused_64`) ingest's HTTP path
 /// with no database work.
 #[derive(Debug, Clone, Serialize)]
@@ -512,19 +529,8 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
                 read_burst_figure(read_burst(ingest_addr, sizes, probe).await?)
             }
         };
-        let all_met = figure.met != Some(false);
         stop_all(vec![ingest]);
-        return Ok(Report {
-            database: String::new(),
-            kept: false,
-            duration_seconds: 0.0,
-            machine,
-            sizes: sizes.clone(),
-            ingest: INGEST_HOW,
-            all_met,
-            baselines: vec![alone],
-            figures: vec![figure],
-        });
+        return Ok(Report::new(machine, sizes, vec![alone], vec![figure]));
     }
 
     // 1. single-row autocommit vs single-event appends.
@@ -701,19 +707,8 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     baselines.push(raw_batch);
     baselines.push(raw_read);
     baselines.push(read_burst_baseline);
-    let all_met = figures.iter().all(|f| f.met != Some(false));
     stop_all(workers);
-    Ok(Report {
-        database: String::new(),
-        kept: false,
-        duration_seconds: 0.0,
-        machine,
-        sizes: sizes.clone(),
-        ingest: INGEST_HOW,
-        all_met,
-        baselines,
-        figures,
-    })
+    Ok(Report::new(machine, sizes, baselines, figures))
 }
 
 const INGEST_HOW: &str = "the sibling rig-ingest binary, spawned against the scratch database (as in production; its CPU is read from /proc separately)";
