@@ -1,5 +1,5 @@
 -- stale-heartbeat keeps a row for every issue an agent holds, from ISSUE_ASSIGNED until
--- ISSUE_UNASSIGNED (SPEC §3), with the issue's status as the shared fold computes it. Until now
+-- ISSUE_UNASSIGNED, with the issue's status as the shared fold computes it. Until now
 -- a row was also deleted when the issue went to review, was merged or done, so an issue that
 -- came back to `in_progress` after a disputed review (WORK_STARTED, BRANCH_CREATED or
 -- PR_CREATED on the same holder) was never watched again and its silent agent never caught.

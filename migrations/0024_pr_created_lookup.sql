@@ -1,5 +1,5 @@
--- GitHub deliveries for a PR (CI, reviews, merge) are linked to an issue "by an earlier
--- PR_CREATED for that PR number in the same repository" (SPEC §6). issue_state keeps only an
+-- GitHub deliveries for a PR (CI, reviews, merge) are linked to an issue by an earlier
+-- PR_CREATED for that PR number in the same repository (bins/ingest/src/github.rs). issue_state keeps only an
 -- issue's latest PR, so a delivery for an earlier PR of the same issue (a first attempt whose CI
 -- finishes after the second PR was opened) could not be linked through it. Ingest now looks the
 -- PR up in the log itself; this index keeps that a probe, and costs the append path one index

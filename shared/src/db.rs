@@ -46,7 +46,46 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
 /// migrations, which grant those roles their privileges in this database.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     crate::roles::ensure(&pool.connect_options()).await?;
+    accept_reworded_comments(pool).await?;
     MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Migrations whose comments were reworded after release: (version, SHA-384 of the text as first
+/// applied). The SQL is unchanged, but the migrator compares checksums of the whole file and would
+/// refuse a database that applied the earlier text.
+const REWORDED: &[(i64, &str)] = &[
+    (
+        23,
+        "7058319dc75d18a2e9323d2dd8b971ae2d2468ada2899af5e6bb6fa9b636c831f2905c1a00902d0d9bebc86b6940ef2b",
+    ),
+    (
+        24,
+        "d488ce63447b395e34b23315ef575ccf17ff79f7bd4448cb276119653b0a46ea2127c649212d9cc38278b151cf53f753",
+    ),
+];
+
+/// Records the current checksum of a reworded migration on a database that applied its earlier
+/// text, so that the migrator accepts it. Only that exact earlier checksum is replaced: a file
+/// changed any other way is still refused.
+async fn accept_reworded_comments(pool: &PgPool) -> anyhow::Result<()> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(());
+    }
+    for (version, earlier) in REWORDED {
+        let Some(m) = MIGRATOR.iter().find(|m| m.version == *version) else {
+            continue;
+        };
+        sqlx::query("UPDATE _sqlx_migrations SET checksum = $2 WHERE version = $1 AND checksum = decode($3, 'hex')")
+            .bind(version)
+            .bind(m.checksum.as_ref())
+            .bind(earlier)
+            .execute(pool)
+            .await?;
+    }
     Ok(())
 }
 
