@@ -1,5 +1,6 @@
 //! Upgrading a database: migrations whose comments were reworded after release are still
 //! accepted on a database that applied their earlier text, and nothing else is.
+#![allow(clippy::unwrap_used)]
 
 use rig_tests::TestDb;
 
