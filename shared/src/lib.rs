@@ -10,6 +10,7 @@ pub mod fold;
 pub mod money;
 pub mod ops;
 pub mod pg;
+pub mod process;
 pub mod roles;
 pub mod shutdown;
 pub mod stream_id;

@@ -4,10 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 use anyhow::{bail, Context};
+use shared::process::{OnDrop, Output, Spawn, Supervised};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::future::Future;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
@@ -188,9 +189,7 @@ pub fn free_port() -> u16 {
 
 /// The directory holding the workspace's binaries (`target/debug` for this test build).
 pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/debug/deps/test-binary → target/debug
-    exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
+    shared::process::binary_dir().unwrap()
 }
 
 /// Path of a workspace binary, built (once per test process) so a test never runs a stale
@@ -221,7 +220,7 @@ pub fn bin(name: &str) -> PathBuf {
 /// A real process of one of the workspace binaries, killed (SIGKILL) when dropped.
 pub struct Proc {
     pub name: String,
-    child: Child,
+    process: Supervised,
     pub log: PathBuf,
 }
 
@@ -232,90 +231,69 @@ impl Proc {
     /// name instead, as `rigctl up` does.
     pub fn spawn(binary: &str, args: &[&str], env: &[(&str, String)]) -> Proc {
         let log = std::env::temp_dir().join(format!("rig-test-{binary}-{}.log", uuid::Uuid::new_v4().simple()));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(bin(binary));
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("RIG_") || k == "DATABASE_URL" {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("RIG_CONFIG", "/dev/null").env("RUST_LOG", "info");
         let role = Role::for_binary(binary);
-        for (k, v) in env {
-            match role {
-                Some(role) if *k == "DATABASE_URL" => cmd.env(k, shared::roles::url_as(v, role).unwrap()),
-                _ => cmd.env(k, v),
-            };
-        }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
+        let env = env.iter().map(|(k, v)| match role {
+            Some(role) if *k == "DATABASE_URL" => (*k, shared::roles::url_as(v, role).unwrap()),
+            _ => (*k, v.clone()),
+        });
+        let process = Spawn::new(binary, bin(binary))
+            .args(args.iter().copied())
+            .isolated()
+            .env("RIG_CONFIG", "/dev/null")
+            .env("RUST_LOG", "info")
+            .envs(env)
+            .output(Output::File(log.clone()))
+            .on_drop(OnDrop::Kill)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {binary}: {e:#}"));
         Proc {
             name: binary.to_owned(),
-            child,
+            process,
             log,
         }
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.process.pid() as i32
     }
 
+    /// Sends `sig`, unless the process has already been reaped (its pid may be someone else's).
     pub fn signal(&self, sig: i32) {
-        // Once reaped, the pid may belong to someone else's process (pids wrap at 32768 here):
-        // never signal it. `waitid` with WNOWAIT only looks, and fails with ECHILD once the child
-        // is reaped; a live or zombie child keeps its pid, and only `&mut self` methods reap.
-        // SAFETY: waitid writes into the zeroed siginfo we own; kill signals our own child.
-        unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
-            if libc::waitid(libc::P_PID, self.pid() as libc::id_t, &mut info, flags) != 0 {
-                return;
-            }
-            libc::kill(self.pid(), sig);
-        }
+        self.process.signal(sig);
     }
 
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// SIGTERM, then wait up to `timeout` for a clean exit; returns the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
         self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                self.kill9();
-                bail!(
-                    "{} did not stop within {timeout:?} of SIGTERM; log:\n{}",
-                    self.name,
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(status) = self.process.wait_until(Instant::now() + timeout)? {
+            return Ok(status);
         }
+        self.kill9();
+        bail!(
+            "{} did not stop within {timeout:?} of SIGTERM; log:\n{}",
+            self.name,
+            self.log_text()
+        );
     }
 
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        self.process.try_wait().ok().flatten()
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
+        // The process goes (killed on drop) before its log.
+        if self.try_wait().is_none() {
             self.kill9();
         }
         let _ = std::fs::remove_file(&self.log);

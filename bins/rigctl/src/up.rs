@@ -12,11 +12,11 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
+use shared::process::{self, Supervised};
 use shared::roles::Role;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Args)]
@@ -118,69 +118,28 @@ fn find_procfile(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     bail!("no Procfile here; run from the repository root or pass --procfile")
 }
 
-/// The workspace binary `name`, next to this rigctl (the same cargo profile), else on PATH.
-fn resolve(name: &str) -> PathBuf {
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            let sibling = dir.join(name);
-            if sibling.exists() {
-                return sibling;
-            }
-        }
-    }
-    PathBuf::from(name)
-}
-
 /// Under `cargo run`, builds the worker binaries this Procfile names that are missing or older
 /// than rigctl, so `cargo run -p rigctl -- up` needs no separate build step.
 fn build_missing(lines: &[ProcLine]) -> anyhow::Result<()> {
     let Ok(cargo) = std::env::var("CARGO") else {
         return Ok(());
     };
-    let Ok(exe) = std::env::current_exe() else {
+    let Ok(dir) = process::binary_dir() else {
         return Ok(());
     };
-    let Some(dir) = exe.parent() else { return Ok(()) };
-    let mine = std::fs::metadata(&exe).and_then(|m| m.modified()).ok();
-    let mut packages: Vec<String> = Vec::new();
+    let mut workers: Vec<&str> = Vec::new();
     for l in lines {
-        let bin = &l.command[0];
-        if !bin.starts_with("rig") || bin == "rigctl" {
-            continue;
-        }
-        let p = dir.join(bin);
-        let stale = match (std::fs::metadata(&p).and_then(|m| m.modified()).ok(), mine) {
-            (None, _) => true,
-            (Some(t), Some(m)) => t < m,
-            _ => false,
-        };
-        if stale && !packages.contains(bin) {
-            packages.push(bin.clone());
+        let bin = l.command[0].as_str();
+        if bin.starts_with("rig") && bin != "rigctl" && !workers.contains(&bin) {
+            workers.push(bin);
         }
     }
+    let packages = process::stale_binaries(&dir, &workers);
     if packages.is_empty() {
         return Ok(());
     }
-    let release = dir.ends_with("release");
     println!("building {} …", packages.join(", "));
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build");
-    if release {
-        cmd.arg("--release");
-    }
-    for p in &packages {
-        cmd.arg("-p").arg(p);
-    }
-    let ok = cmd.status().context("run cargo build")?.success();
-    if !ok {
-        bail!("cargo build of the workers failed");
-    }
-    Ok(())
-}
-
-struct Running {
-    name: String,
-    child: Child,
+    process::cargo_build(&cargo, &dir, &packages, false, None).context("build the workers")
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -218,7 +177,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let mut running: Vec<Running> = Vec::new();
+    let mut running: Vec<Supervised> = Vec::new();
     let (line_tx, line_rx) = std::sync::mpsc::channel::<(String, String)>();
     let width = lines.iter().map(|l| l.name.len()).max().unwrap_or(6).max(8);
     // Each process connects as its own role: the URL configured for it, else the owner's URL
@@ -237,10 +196,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             env.insert("DATABASE_URL".into(), url);
         }
         match spawn(l, &env, &line_tx) {
-            Ok(child) => running.push(Running {
-                name: l.name.clone(),
-                child,
-            }),
+            Ok(child) => running.push(child),
             Err(e) => {
                 stop_all(&mut running);
                 return Err(e);
@@ -306,10 +262,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             if !demo_started && started.elapsed() > Duration::from_secs(2) {
                 demo_started = true;
                 match spawn(sim, &env, &line_tx) {
-                    Ok(child) => running.push(Running {
-                        name: sim.name.clone(),
-                        child,
-                    }),
+                    Ok(child) => running.push(child),
                     // The system itself is fine: keep it up, say why there is no simulated rig.
                     Err(e) => eprintln!("rigctl up: the simulated rig did not start: {e:#}"),
                 }
@@ -317,14 +270,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         let mut finished = Vec::new();
         for (i, r) in running.iter_mut().enumerate() {
-            if let Ok(Some(status)) = r.child.try_wait() {
-                if r.name == "simulate" {
+            if let Ok(Some(status)) = r.try_wait() {
+                if r.name() == "simulate" {
                     // The simulated rig ends by itself; the system keeps running for a look around.
                     println!("simulate finished ({status}); the system keeps running until Ctrl-C");
                     finished.push(i);
                     continue;
                 }
-                failed = Some(format!("{} exited ({status})", r.name));
+                failed = Some(format!("{} exited ({status})", r.name()));
             }
         }
         for i in finished.into_iter().rev() {
@@ -358,79 +311,27 @@ fn set_default(env: &mut HashMap<String, String>, key: &str, value: &str) {
     }
 }
 
+/// Starts one Procfile line with its output sent, line by line, to the prefixing printer. It
+/// leads its own process group, so the terminal's Ctrl-C reaches rigctl alone, which then
+/// stops the children in order; nothing is restarted, and stopping is `stop_all`'s job.
 fn spawn(
     l: &ProcLine,
     env: &HashMap<String, String>,
     lines: &std::sync::mpsc::Sender<(String, String)>,
-) -> anyhow::Result<Child> {
-    let program = resolve(&l.command[0]);
-    let mut cmd = Command::new(&program);
-    cmd.args(&l.command[1..])
+) -> anyhow::Result<Supervised> {
+    process::Spawn::new(&l.name, process::sibling_binary(&l.command[0]))
+        .args(&l.command[1..])
         .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // Own process group: the terminal's Ctrl-C reaches rigctl, which then stops children in order.
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-    }
-    let mut child = cmd.spawn().with_context(|| {
-        format!(
-            "start {} ({}); build the workspace with `cargo build --workspace`",
-            l.name,
-            program.display()
-        )
-    })?;
-    for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let tx = lines.clone();
-        let name = l.name.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if tx.send((name.clone(), line)).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    Ok(child)
+        .own_process_group()
+        .output(process::Output::Lines(lines.clone()))
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("{e:#}; build the workspace with `cargo build --workspace`"))
 }
 
 /// SIGTERM to all, wait up to 10 s, then SIGKILL whatever is left; reaps every child.
-fn stop_all(running: &mut [Running]) {
-    for r in running.iter() {
-        // SAFETY: signalling our own child process.
-        unsafe {
-            libc::kill(r.child.id() as i32, libc::SIGTERM);
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for r in running.iter_mut() {
-        loop {
-            match r.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() > deadline => {
-                    eprintln!("{} did not stop within 10 s of SIGTERM; killing it", r.name);
-                    let _ = r.child.kill();
-                    let _ = r.child.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(25)),
-            }
-        }
+fn stop_all(running: &mut [Supervised]) {
+    for name in process::stop_all(running, Duration::from_secs(10)) {
+        eprintln!("{name} did not stop within 10 s of SIGTERM; killing it");
     }
 }
 
