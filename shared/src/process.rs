@@ -416,3 +416,54 @@ pub fn cargo_build(cargo: &str, dir: &Path, names: &[&str], quiet: bool, cwd: Op
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_arrive_with_the_process_name() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut p = Spawn::new("greeter", "sh")
+            .args(["-c", "echo hello; echo oops >&2"])
+            .output(Output::Lines(tx))
+            .spawn()
+            .unwrap();
+        assert!(p
+            .wait_until(Instant::now() + Duration::from_secs(10))
+            .unwrap()
+            .is_some());
+        let mut got: Vec<(String, String)> = rx.iter().take(2).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [("greeter".into(), "hello".into()), ("greeter".into(), "oops".into())]
+        );
+    }
+
+    #[test]
+    fn stop_kills_what_ignores_sigterm_and_drop_kills_the_group() {
+        let mut p = Spawn::new("stubborn", "sh")
+            .args(["-c", "trap '' TERM; sleep 30"])
+            .own_process_group()
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let (_, killed) = p.stop(Duration::from_millis(200)).unwrap();
+        assert!(killed);
+        // Reaped: signalling it again is a no-op, not a signal to a recycled pid.
+        p.signal(libc::SIGKILL);
+
+        let p = Spawn::new("sleeper", "sleep")
+            .args(["30"])
+            .own_process_group()
+            .on_drop(OnDrop::Kill)
+            .spawn()
+            .unwrap();
+        let pid = p.pid() as libc::pid_t;
+        drop(p);
+        // SAFETY: signal 0 only asks whether the pid exists.
+        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "the process outlived its drop");
+    }
+}
