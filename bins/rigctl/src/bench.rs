@@ -32,12 +32,13 @@
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use futures::TryStreamExt;
+use rig_consumer::{Consumer, ConsumerConfig, Outcome};
+use rig_events::money::{Price, PriceTable};
+use rig_events::EVENT_COLUMNS;
+use rig_projections::TOKEN_PROJECTOR;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{json, Value};
-use shared::consumer::{Consumer, ConsumerConfig, Outcome, TOKEN_PROJECTOR};
-use shared::events::EVENT_COLUMNS;
-use shared::money::{Price, PriceTable};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use std::net::SocketAddr;
@@ -178,19 +179,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let sizes = Sizes::from(&args)?;
     let settings = crate::load_settings()?;
     let name = format!("rig_bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let url = shared::pg::with_database(settings.database_url.expose(), &name)?;
+    let url = rig_ops::pg::with_database(settings.database_url.expose(), &name)?;
     progress(&format!(
         "scratch database {name} on {}",
-        shared::config::redact_url_password(&url)
+        rig_ops::config::redact_url_password(&url)
     ));
-    shared::pg::ensure_database(&url).await.with_context(|| {
+    rig_ops::pg::ensure_database(&url).await.with_context(|| {
         format!(
             "create the scratch database on {} (set DATABASE_URL or database_url in rig.toml)",
             settings.database_url
         )
     })?;
 
-    let shutdown = shared::shutdown::on_signal();
+    let shutdown = rig_ops::shutdown::on_signal();
     let started = Instant::now();
     // The bench future owns every child process; leaving the select (done, failed or
     // interrupted) drops it, which stops them before the database goes.
@@ -428,7 +429,7 @@ async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         .connect_with(opts.clone())
         .await
         .context("connect to the scratch database")?;
-    shared::db::migrate(&pool)
+    rig_log::db::migrate(&pool)
         .await
         .context("migrate the scratch database")?;
     let machine = machine_info(&pool).await?;
@@ -716,7 +717,7 @@ const INGEST_HOW: &str = "the sibling rig-ingest binary, spawned against the scr
 fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     // No statement logging: the bulk statements here are slow on purpose, and would fill the log
     // with warnings that mean nothing.
-    Ok(shared::db::connect_options(url)?
+    Ok(rig_log::db::connect_options(url)?
         .disable_statement_logging()
         .application_name("rigctl-bench"))
 }
@@ -738,7 +739,7 @@ async fn machine_info(pool: &PgPool) -> anyhow::Result<Value> {
 }
 
 async fn drop_database(url: &str, name: &str) -> anyhow::Result<()> {
-    let admin = shared::pg::with_database(url, "postgres")?;
+    let admin = rig_ops::pg::with_database(url, "postgres")?;
     let mut c = PgConnection::connect_with(&connect_options(&admin)?).await?;
     // FORCE: a worker that has not quite exited must not keep the database alive.
     sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
@@ -1765,7 +1766,7 @@ async fn generate_usage_events(pool: &PgPool, n: u64, prefix: &str) -> anyhow::R
     let t = Instant::now();
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(shared::db::APPEND_LOCK_KEY)
+        .bind(rig_log::db::APPEND_LOCK_KEY)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
@@ -1830,10 +1831,10 @@ async fn rebuild_token_projector(pool: &PgPool, raw_read: &Baseline) -> anyhow::
     let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
         .fetch_one(pool)
         .await?;
-    shared::consumer::reset(pool, &TOKEN_PROJECTOR).await?;
-    let cfg = ConsumerConfig::from_settings(&shared::config::ConsumerSettings::default());
+    rig_consumer::reset(pool, &TOKEN_PROJECTOR).await?;
+    let cfg = ConsumerConfig::from_settings(&rig_ops::config::ConsumerSettings::default());
     let batch_size = cfg.batch_size;
-    let projection = rig_token_projector::TokenProjection::new(PriceTable::new(&bench_prices()));
+    let projection = rig_projections::token::TokenProjection::new(PriceTable::new(&bench_prices()));
     let mut consumer = Consumer::new(pool.clone(), projection, cfg);
     let t = Instant::now();
     let mut last_note = Instant::now();
@@ -1866,7 +1867,7 @@ async fn rebuild_token_projector(pool: &PgPool, raw_read: &Baseline) -> anyhow::
         .detail(json!({
             "events": scanned, "head": head, "seconds": round(secs, 3), "batches": batches, "batch_size": batch_size,
             "token_usage_events_summed": summed,
-            "how": "rig_token_projector::TokenProjection in shared::consumer::Consumer, in-process, reset to 0, run_once until idle",
+            "how": "rig_projections::token::TokenProjection in rig_consumer::Consumer, in-process, reset to 0, run_once until idle",
         })))
 }
 
@@ -2114,7 +2115,7 @@ async fn wait_caught_up(pool: &PgPool, workers: &mut [Worker], timeout_secs: u64
             "SELECT n, coalesce(c.position, 0) FROM unnest($1::text[]) AS n LEFT JOIN checkpoints c ON c.consumer = n \
              WHERE coalesce(c.position, 0) < $2",
         )
-        .bind(shared::consumer::CONSUMERS.iter().map(|c| c.name).collect::<Vec<_>>())
+        .bind(rig_projections::CONSUMERS.iter().map(|c| c.name).collect::<Vec<_>>())
         .bind(head)
         .fetch_all(pool)
         .await?;
