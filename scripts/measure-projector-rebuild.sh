@@ -19,7 +19,7 @@ DB=${MEASURE_DB:-rig_measure}
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
 URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB"
 PORT=${METRICS_PORT:-19104}
-APPEND_LOCK_KEY=8244234252300219507 # shared::db::APPEND_LOCK_KEY
+APPEND_LOCK_KEY=8244234252300219507 # rig_log::db::APPEND_LOCK_KEY
 
 log() { printf 'measure: %s\n' "$*" >&2; }
 psql_db() { psql -X -q -v ON_ERROR_STOP=1 -d "$DB" "$@"; }

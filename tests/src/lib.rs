@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use anyhow::{bail, Context};
-use shared::process::{OnDrop, Output, Spawn, Supervised};
+use rig_ops::process::{OnDrop, Output, Spawn, Supervised};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::future::Future;
 use std::path::PathBuf;
@@ -13,18 +13,18 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
-pub use shared::roles::Role;
+pub use rig_log::roles::Role;
 
 /// The Postgres server the suite uses: DATABASE_URL, else 127.0.0.1:5432, else a private cluster
 /// (kept for the life of the test process).
 static SERVER: OnceCell<String> = OnceCell::const_new();
-static CLUSTER: OnceLock<shared::pg::PrivateCluster> = OnceLock::new();
+static CLUSTER: OnceLock<rig_ops::pg::PrivateCluster> = OnceLock::new();
 
 async fn server_url() -> &'static str {
     SERVER
         .get_or_init(|| async {
             let configured = std::env::var("DATABASE_URL").ok();
-            let pg = shared::pg::find_or_start(configured.as_deref(), "postgres")
+            let pg = rig_ops::pg::find_or_start(configured.as_deref(), "postgres")
                 .await
                 .expect("find or start Postgres");
             if let Some(c) = pg.private {
@@ -37,7 +37,7 @@ async fn server_url() -> &'static str {
 
 fn migrations_fingerprint() -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for m in shared::db::MIGRATOR.iter() {
+    for m in rig_log::db::MIGRATOR.iter() {
         for b in m.checksum.iter() {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -57,7 +57,7 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> TestDb {
         let server = server_url().await;
-        let admin_url = shared::pg::with_database(server, "postgres").unwrap();
+        let admin_url = rig_ops::pg::with_database(server, "postgres").unwrap();
         let template = format!("rig_tmpl_{}", migrations_fingerprint());
         let mut admin = PgConnection::connect(&admin_url).await.expect("connect to Postgres");
         // One process at a time builds the migrated template; the others wait for it.
@@ -80,9 +80,9 @@ impl TestDb {
                 .execute(&mut admin)
                 .await
                 .unwrap();
-            let url = shared::pg::with_database(server, &building).unwrap();
+            let url = rig_ops::pg::with_database(server, &building).unwrap();
             let pool = PgPool::connect(&url).await.unwrap();
-            shared::db::migrate(&pool).await.expect("migrations apply");
+            rig_log::db::migrate(&pool).await.expect("migrations apply");
             pool.close().await;
             sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {template}"))
                 .execute(&mut admin)
@@ -99,7 +99,7 @@ impl TestDb {
             .await
             .unwrap();
         let _ = admin.close().await;
-        let url = shared::pg::with_database(server, &name).unwrap();
+        let url = rig_ops::pg::with_database(server, &name).unwrap();
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(20)
             .connect(&url)
@@ -116,7 +116,7 @@ impl TestDb {
     /// The URL of this database for `role`'s process: the owner's with the role's name (the
     /// suite's server trusts local connections).
     pub fn url_as(&self, role: Role) -> String {
-        shared::roles::url_as(&self.url, role).unwrap()
+        rig_log::roles::url_as(&self.url, role).unwrap()
     }
 
     /// A small pool connected as `role`.
@@ -189,7 +189,7 @@ pub fn free_port() -> u16 {
 
 /// The directory holding the workspace's binaries (`target/debug` for this test build).
 pub fn target_dir() -> PathBuf {
-    shared::process::binary_dir().unwrap()
+    rig_ops::process::binary_dir().unwrap()
 }
 
 /// Path of a workspace binary, built (once per test process) so a test never runs a stale
@@ -233,7 +233,7 @@ impl Proc {
         let log = std::env::temp_dir().join(format!("rig-test-{binary}-{}.log", uuid::Uuid::new_v4().simple()));
         let role = Role::for_binary(binary);
         let env = env.iter().map(|(k, v)| match role {
-            Some(role) if *k == "DATABASE_URL" => (*k, shared::roles::url_as(v, role).unwrap()),
+            Some(role) if *k == "DATABASE_URL" => (*k, rig_log::roles::url_as(v, role).unwrap()),
             _ => (*k, v.clone()),
         });
         let process = Spawn::new(binary, bin(binary))
@@ -328,7 +328,7 @@ pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
 pub async fn append_tx(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(shared::db::APPEND_LOCK_KEY)
+        .bind(rig_log::db::APPEND_LOCK_KEY)
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -338,7 +338,7 @@ pub async fn append_tx(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgr
 /// Commits an [`append_tx`] with the NOTIFY ingest sends, so consumers wake as they would.
 pub async fn commit_append(mut tx: sqlx::Transaction<'static, sqlx::Postgres>) {
     sqlx::query("SELECT pg_notify($1, '')")
-        .bind(shared::db::EVENTS_CHANNEL)
+        .bind(rig_log::db::EVENTS_CHANNEL)
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -369,12 +369,12 @@ impl TestIngest {
     }
 
     /// Ingest connects as its own role, `rig_ingest`, as it does in production.
-    pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut shared::Settings)) -> TestIngest {
-        let mut settings = shared::Settings {
-            database_url: shared::config::DatabaseUrl(db.url.clone()),
+    pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut rig_ops::Settings)) -> TestIngest {
+        let mut settings = rig_ops::Settings {
+            database_url: rig_ops::config::DatabaseUrl(db.url.clone()),
             ..Default::default()
         };
-        settings.ingest.database_url = Some(shared::config::DatabaseUrl(db.url_as(Role::Ingest)));
+        settings.ingest.database_url = Some(rig_ops::config::DatabaseUrl(db.url_as(Role::Ingest)));
         settings.ingest.listen = "127.0.0.1:0".parse().unwrap();
         tweak(&mut settings);
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -383,7 +383,7 @@ impl TestIngest {
             .await
             .unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let metrics = shared::telemetry::metrics_handle();
+        let metrics = rig_ops::telemetry::metrics_handle();
         let (addr, _task) = rig_ingest::start(settings, pool, metrics, shutdown.clone())
             .await
             .context("start ingest")
@@ -441,10 +441,10 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
 /// roles (`rigctl up` gives each process its role's URL).
 pub fn processes_on_database(db_url: &str) -> Vec<i32> {
     let mut pids = processes_with_env("DATABASE_URL", db_url);
-    for role in shared::roles::ROLES {
+    for role in rig_log::roles::ROLES {
         pids.extend(processes_with_env(
             "DATABASE_URL",
-            &shared::roles::url_as(db_url, role).unwrap(),
+            &rig_log::roles::url_as(db_url, role).unwrap(),
         ));
     }
     pids
@@ -507,7 +507,7 @@ impl Default for SystemPorts {
 /// else the price row with the latest `effective_from` on or before the event's UTC day
 /// (`occurred_at`, else `recorded_at`), else 0 USD counted as unpriced. Costs are multiplied by
 /// 0.000001 rather than divided by a million, so Postgres computes them exactly too.
-pub async fn projection_mismatches(pool: &PgPool, prices: &[shared::money::Price]) -> Vec<String> {
+pub async fn projection_mismatches(pool: &PgPool, prices: &[rig_events::money::Price]) -> Vec<String> {
     const FOLD: &str = "\
         WITH prices(model, effective_from, input, output, cache_read, cache_write) AS ( \
             SELECT * FROM unnest($1::text[], $2::date[], $3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[])), \

@@ -417,7 +417,7 @@ async fn consumers_show_position_head_lag_and_pause() {
     let head = db.count("SELECT max(position) FROM events").await;
     let (_, _, html) = get(&ingest.url("/dashboard")).await;
     let consumers = section(&html, "consumers");
-    for name in shared::consumer::CONSUMERS.iter().map(|c| c.name) {
+    for name in rig_projections::CONSUMERS.iter().map(|c| c.name) {
         assert!(
             consumers.contains(&format!("data-consumer=\"{name}\"")),
             "{name} listed"
@@ -442,7 +442,7 @@ async fn without_its_database_the_page_answers_503_html_that_keeps_retrying() {
     let (status, _, _) = get(&ingest.url("/dashboard")).await;
     assert_eq!(status, StatusCode::OK);
 
-    let admin = shared::pg::with_database(&db.url, "postgres").unwrap();
+    let admin = rig_ops::pg::with_database(&db.url, "postgres").unwrap();
     let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
     sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", db.name))
         .execute(&mut c)

@@ -143,7 +143,7 @@ async fn demo_works_issues_to_done_catches_the_silent_agent_and_ctrl_c_stops_eve
         .count("SELECT count(*) FROM events WHERE event_type = 'TOKEN_USAGE'")
         .await;
     assert!(usage_events > ISSUES, "a TOKEN_USAGE after every model call");
-    let running: Vec<&str> = shared::consumer::CONSUMERS
+    let running: Vec<&str> = rig_projections::CONSUMERS
         .iter()
         .map(|c| c.name)
         .filter(|name| runs(&format!("rig-{name}")))
@@ -153,7 +153,7 @@ async fn demo_works_issues_to_done_catches_the_silent_agent_and_ctrl_c_stops_eve
         "every running consumer to reach lag 0",
         Duration::from_secs(30),
         || async {
-            let status = shared::consumer::status(&db.pool).await.ok()?;
+            let status = rig_projections::status(&db.pool).await.ok()?;
             status
                 .iter()
                 .filter(|s| running.contains(&s.consumer.as_str()))
@@ -162,7 +162,7 @@ async fn demo_works_issues_to_done_catches_the_silent_agent_and_ctrl_c_stops_eve
         },
     )
     .await;
-    for s in shared::consumer::status(&db.pool).await.unwrap() {
+    for s in rig_projections::status(&db.pool).await.unwrap() {
         if running.contains(&s.consumer.as_str()) {
             assert_eq!(s.lag, 0, "{s:?}");
             assert!(!s.paused, "{s:?}");

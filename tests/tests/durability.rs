@@ -9,9 +9,9 @@
 //! server right after the answer, and would be lost.
 #![allow(clippy::unwrap_used)]
 
+use rig_ops::pg::PrivateCluster;
 use rig_tests::{free_port, wait_for, wait_http_ok, Proc};
 use serde_json::json;
-use shared::pg::PrivateCluster;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -31,9 +31,9 @@ async fn connect(url: &str) -> PgPool {
 async fn an_answered_append_survives_a_database_crash_right_after_the_answer() {
     let cluster = Arc::new(PrivateCluster::start().await.expect("start a private Postgres"));
     let url = format!("postgres://postgres@127.0.0.1:{}/rig_durability", cluster.port);
-    shared::pg::ensure_database(&url).await.unwrap();
+    rig_ops::pg::ensure_database(&url).await.unwrap();
     let pool = connect(&url).await;
-    shared::db::migrate(&pool).await.unwrap();
+    rig_log::db::migrate(&pool).await.unwrap();
     // Asynchronous commits reach the disk when the WAL writer next runs, or when a synchronous
     // commit flushes them: make the first as late as Postgres allows.
     sqlx::query("ALTER SYSTEM SET wal_writer_delay = '10s'")

@@ -22,10 +22,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
+use rig_events::money::Price;
 use rig_tests::{free_port, projection_mismatches, wait_for, wait_http_ok, Proc, SystemPorts};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use shared::money::Price;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -636,7 +636,7 @@ async fn wait_ready(w: &Worker) {
 /// Consumers (name, lag, paused); issues an agent still holds (stale-heartbeat will unassign
 /// them, appending more); outbox messages not delivered yet.
 async fn catch_up_state(pool: &PgPool) -> (Option<Vec<(String, i64, bool)>>, Option<i64>, Option<i64>) {
-    let lags = shared::consumer::status(pool)
+    let lags = rig_projections::status(pool)
         .await
         .ok()
         .map(|s| s.into_iter().map(|c| (c.consumer, c.lag, c.paused)).collect());
@@ -682,18 +682,18 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
 
     // Postgres of our own: restarting it harms no other test.
     let cluster = Arc::new(
-        shared::pg::PrivateCluster::start()
+        rig_ops::pg::PrivateCluster::start()
             .await
             .expect("start a private Postgres"),
     );
     let url = format!("postgres://postgres@127.0.0.1:{}/rig_fault", cluster.port);
-    shared::pg::ensure_database(&url).await.unwrap();
+    rig_ops::pg::ensure_database(&url).await.unwrap();
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect(&url)
         .await
         .unwrap();
-    shared::db::migrate(&pool).await.unwrap();
+    rig_log::db::migrate(&pool).await.unwrap();
 
     let discord = Discord::default();
     let discord_server = MockServer::start().await;
@@ -938,7 +938,7 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
             panic!(
                 "not caught up {allowed:?} after the feeding stopped: consumers {:?}, issues still held {held:?}, \
                  messages pending {pending:?}\n{}",
-                shared::consumer::status(&pool).await,
+                rig_projections::status(&pool).await,
                 logs.join("\n")
             );
         }
@@ -954,7 +954,7 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
         assert!(
             !paused,
             "consumer {name} paused: {:?}",
-            shared::consumer::status(&pool).await.unwrap()
+            rig_projections::status(&pool).await.unwrap()
         );
     }
 

@@ -6,11 +6,11 @@
 
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
+use rig_events::StreamId;
 use rig_ingest::writer::{Append, AppendError, AppendOk, NewEvent};
 use rig_tests::{wait_for, TestDb, TestIngest};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use shared::StreamId;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -511,7 +511,7 @@ async fn a_request_the_database_refuses_is_isolated_by_splitting_its_batch() {
     // Hold the append lock so that the requests queue up and are drained as ONE batch.
     let mut gate = db.pool.begin().await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(shared::db::APPEND_LOCK_KEY)
+        .bind(rig_log::db::APPEND_LOCK_KEY)
         .execute(&mut *gate)
         .await
         .unwrap();

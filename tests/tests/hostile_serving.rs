@@ -615,7 +615,7 @@ async fn readers_of_a_long_stream_get_bounded_answers_while_appends_go_on() {
 #[tokio::test]
 async fn reads_run_on_their_own_pool_with_a_statement_timeout() {
     let db = TestDb::new().await;
-    let mut settings = shared::Settings::default();
+    let mut settings = rig_ops::Settings::default();
     settings.ingest.read_statement_timeout = Duration::from_millis(1500);
     settings.ingest.read_pool_size = 3;
     let reads = rig_ingest::read_pool(&db.pool, &settings);

@@ -694,7 +694,7 @@ async fn append_lookups_probe_issue_state_by_key_however_many_issues_exist() {
     // Several calls: a plan cache may switch plans after the first few.
     for _ in 0..8 {
         let lookup: Value = sqlx::query_scalar("SELECT rig_append_begin($1, $2)::jsonb")
-            .bind(shared::db::APPEND_LOCK_KEY)
+            .bind(rig_log::db::APPEND_LOCK_KEY)
             .bind(&request)
             .fetch_one(&mut *tx)
             .await

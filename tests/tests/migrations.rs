@@ -38,14 +38,14 @@ async fn a_database_that_applied_the_earlier_comments_migrates_and_a_changed_fil
         "d488ce63447b395e34b23315ef575ccf17ff79f7bd4448cb276119653b0a46ea2127c649212d9cc38278b151cf53f753",
     )
     .await;
-    shared::db::migrate(&db.pool)
+    rig_log::db::migrate(&db.pool)
         .await
         .expect("the earlier text of a reworded migration is accepted");
     assert_eq!(checksum(&db, 23).await, current, "the current checksum is recorded");
 
     // Any other difference is still refused.
     set_checksum(&db, 23, &"00".repeat(48)).await;
-    let err = shared::db::migrate(&db.pool)
+    let err = rig_log::db::migrate(&db.pool)
         .await
         .expect_err("a changed migration is refused");
     assert!(format!("{err:#}").contains("23"), "{err:#}");

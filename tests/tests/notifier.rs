@@ -496,8 +496,8 @@ async fn hostile_event_data_still_fits_discord_limits() {
     // Markdown, mentions, combining marks and bidi controls, each string as long as ingest takes
     // it (a title 1,000 characters, an id 200, any other string up to 64 KiB).
     let huge = "@everyone **<@&1>** [x](https://evil.example) 💥e\u{301}\u{202E}`|| ".repeat(800);
-    let title: String = huge.chars().take(shared::events::MAX_TITLE_CHARS).collect();
-    let id: String = huge.chars().take(shared::events::MAX_ID_CHARS).collect();
+    let title: String = huge.chars().take(rig_events::MAX_TITLE_CHARS).collect();
+    let id: String = huge.chars().take(rig_events::MAX_ID_CHARS).collect();
     let checks: Vec<String> = (0..100).map(|i| format!("check-{i}-{}", "ü".repeat(900))).collect();
     append(
         &ingest,

@@ -6,15 +6,15 @@ use sqlx::Connection;
 
 #[tokio::test]
 async fn a_private_cluster_starts_serves_and_is_removed() {
-    let cluster = shared::pg::PrivateCluster::start()
+    let cluster = rig_ops::pg::PrivateCluster::start()
         .await
         .expect("initdb/pg_ctl are installed on this machine");
     let dir = cluster.dir.clone();
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
-    shared::pg::ensure_database(&shared::pg::with_database(&url, "rig").unwrap())
+    rig_ops::pg::ensure_database(&rig_ops::pg::with_database(&url, "rig").unwrap())
         .await
         .unwrap();
-    let mut c = sqlx::PgConnection::connect(&shared::pg::with_database(&url, "rig").unwrap())
+    let mut c = sqlx::PgConnection::connect(&rig_ops::pg::with_database(&url, "rig").unwrap())
         .await
         .unwrap();
     let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut c).await.unwrap();
@@ -32,7 +32,7 @@ async fn a_private_cluster_starts_serves_and_is_removed() {
 async fn find_or_start_prefers_a_configured_server_that_answers() {
     let configured = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/rig_discovery_test".into());
-    let pg = shared::pg::find_or_start(Some(&configured), "rig").await.unwrap();
+    let pg = rig_ops::pg::find_or_start(Some(&configured), "rig").await.unwrap();
     assert!(pg.private.is_none(), "a reachable server is used, nothing is started");
     assert_eq!(pg.url, configured);
 }

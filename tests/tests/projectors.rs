@@ -518,13 +518,13 @@ async fn reset_while_running_rebuilds_the_tables_from_the_log() {
         .count("SELECT epoch FROM checkpoints WHERE consumer = 'token-projector'")
         .await;
     assert_eq!(
-        shared::consumer::reset(&db.pool, &shared::consumer::TOKEN_PROJECTOR)
+        rig_consumer::reset(&db.pool, &rig_projections::TOKEN_PROJECTOR)
             .await
             .unwrap(),
         0
     );
     assert_eq!(
-        shared::consumer::reset(&db.pool, &shared::consumer::COST_PROJECTOR)
+        rig_consumer::reset(&db.pool, &rig_projections::COST_PROJECTOR)
             .await
             .unwrap(),
         0
@@ -612,7 +612,7 @@ async fn a_poison_event_pauses_the_consumer_until_an_operator_skips_it() {
     }
 
     for (p, consumer) in [(&token, "token-projector"), (&cost, "cost-projector")] {
-        shared::consumer::skip(&db.pool, consumer, poison).await.unwrap();
+        rig_consumer::skip(&db.pool, consumer, poison).await.unwrap();
         let (position, event_type, error): (i64, String, String) =
             sqlx::query_as("SELECT position, event_type, error FROM dead_letters WHERE consumer = $1")
                 .bind(consumer)
@@ -815,9 +815,7 @@ async fn a_failing_batch_write_is_narrowed_down_to_its_event_and_paused_on() {
     assert_eq!(checkpoint(&db.pool, "token-projector").await, culprit - 1);
     assert_eq!(token.metric("rig_consumer_paused", "consumer=").await, Some(1.0));
 
-    shared::consumer::skip(&db.pool, "token-projector", culprit)
-        .await
-        .unwrap();
+    rig_consumer::skip(&db.pool, "token-projector", culprit).await.unwrap();
     wait_caught_up(&db.pool, "token-projector", Duration::from_secs(60)).await;
     assert_equals_fold(&db.pool, "token-projector", i64::MAX).await;
 }

@@ -238,7 +238,7 @@ async fn rigctl_up_runs_every_process_under_its_own_role() {
     })
     .await;
 
-    let roles: Vec<String> = shared::roles::ROLES.iter().map(|r| r.name().to_owned()).collect();
+    let roles: Vec<String> = rig_log::roles::ROLES.iter().map(|r| r.name().to_owned()).collect();
     let users = wait_for(
         "every process to connect as its role",
         Duration::from_secs(30),
@@ -287,7 +287,7 @@ async fn a_worker_connected_as_the_owner_says_so_at_start() {
 async fn rigctl_migrate_sets_a_roles_password_from_its_process_url_and_never_prints_it() {
     let db = TestDb::new().await;
     let password = "pw-from-the-notifier-url-7f3a";
-    let notifier_url = shared::roles::url_as(&db.url, Role::Notifier).unwrap().replacen(
+    let notifier_url = rig_log::roles::url_as(&db.url, Role::Notifier).unwrap().replacen(
         "rig_notifier@",
         &format!("rig_notifier:{password}@"),
         1,

@@ -1,28 +1,7 @@
-//! rig-cost-projector: keeps `daily_cost` from the event log (see `lib.rs`).
+//! rig-cost-projector: keeps `daily_cost` from the event log (`rig_projections::cost`).
 
-// Decoding a catch-up batch allocates a few small objects per event on one thread and frees
-// them on another; mimalloc does that at a fraction of glibc malloc's cost (measured with
-// scripts/measure-projector-rebuild.sh).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+rig_ops::service_allocator!();
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let metrics = shared::telemetry::init("rig-cost-projector");
-    let settings = match shared::Settings::load() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("rig-cost-projector: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    match rig_cost_projector::run(settings, metrics, shared::shutdown::on_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("rig-cost-projector: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    rig_ops::service::main("rig-cost-projector", rig_projections::cost::run)
 }

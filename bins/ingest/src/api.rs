@@ -12,13 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
+use rig_events::fold::{IssueState, StreamFold};
+use rig_events::StreamId;
+use rig_events::{self as events, StoredEvent, EVENT_COLUMNS};
 use rust_decimal::Decimal;
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use shared::events::{self, StoredEvent, EVENT_COLUMNS};
-use shared::fold::{IssueState, StreamFold};
-use shared::StreamId;
 use std::collections::HashSet;
 use std::time::Duration;
 use uuid::Uuid;
@@ -673,8 +673,8 @@ pub struct UsageRow {
     pub cache_write_tokens: i64,
     /// Read as text (`USAGE_COLUMNS`): a stored sum too large for a decimal is then an error
     /// for this request, never a panic.
-    #[serde(serialize_with = "shared::money::serialize_exact")]
-    #[sqlx(try_from = "shared::money::NumericText")]
+    #[serde(serialize_with = "rig_events::money::serialize_exact")]
+    #[sqlx(try_from = "rig_events::money::NumericText")]
     pub cost_usd: Decimal,
     pub events: i64,
 }
@@ -690,13 +690,13 @@ pub struct UsageTotal {
     pub output_tokens: i64,
     pub cache_read_tokens: i64,
     pub cache_write_tokens: i64,
-    #[serde(serialize_with = "shared::money::serialize_exact")]
+    #[serde(serialize_with = "rig_events::money::serialize_exact")]
     pub cost_usd: Decimal,
     pub events: i64,
 }
 
 /// Money stays exact only if the answer is written straight to JSON (see
-/// `shared::money::serialize_exact`), so the answers are structs, not `json!`.
+/// `rig_events::money::serialize_exact`), so the answers are structs, not `json!`.
 #[derive(Serialize)]
 struct UsageAnswer {
     usage: Vec<UsageRow>,
@@ -768,8 +768,8 @@ pub struct DailyCostRow {
     pub output_tokens: i64,
     pub cache_read_tokens: i64,
     pub cache_write_tokens: i64,
-    #[serde(serialize_with = "shared::money::serialize_exact")]
-    #[sqlx(try_from = "shared::money::NumericText")]
+    #[serde(serialize_with = "rig_events::money::serialize_exact")]
+    #[sqlx(try_from = "rig_events::money::NumericText")]
     pub cost_usd: Decimal,
     pub events: i64,
     pub unpriced_events: i64,
@@ -783,7 +783,7 @@ const DAILY_COST_COLUMNS: &str = "day, repo, agent_id, model, input_tokens, outp
 struct DailyCostAnswer {
     days: i32,
     costs: Vec<DailyCostRow>,
-    #[serde(serialize_with = "shared::money::serialize_exact")]
+    #[serde(serialize_with = "rig_events::money::serialize_exact")]
     total_cost_usd: Decimal,
     /// The `offset` of the next page, when more rows follow.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -808,7 +808,7 @@ pub async fn daily_costs(
     .fetch_all(&state.read_pool)
     .await?;
     let next_offset = cut_page(&mut rows, limit, offset);
-    let total_cost_usd = shared::money::checked_sum(rows.iter().map(|r| r.cost_usd)).ok_or_else(|| {
+    let total_cost_usd = rig_events::money::checked_sum(rows.iter().map(|r| r.cost_usd)).ok_or_else(|| {
         ApiError::Internal("the daily costs add up to more than a total can hold; the stored sums need repair".into())
     })?;
     Ok(Json(DailyCostAnswer {

@@ -17,12 +17,12 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
+use rig_consumer::ConsumerStatus;
+use rig_events::StreamId;
+use rig_events::{StoredEvent, EVENT_COLUMNS};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Deserialize;
-use shared::consumer::ConsumerStatus;
-use shared::events::{StoredEvent, EVENT_COLUMNS};
-use shared::StreamId;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -194,7 +194,7 @@ pub async fn page(State(state): State<AppState>, Query(q): Query<DashboardQuery>
 /// Whether every sum the page makes of the cost rows fits a decimal: the sum of their sizes
 /// bounds every partial sum (per series, per day, in total), so rendering cannot overflow.
 fn sums_fit(d: &Data) -> bool {
-    shared::money::checked_sum(d.costs.iter().map(|r| r.cost_usd.abs())).is_some()
+    rig_events::money::checked_sum(d.costs.iter().map(|r| r.cost_usd.abs())).is_some()
 }
 
 fn html_response(status: StatusCode, body: String) -> Response {
@@ -241,7 +241,7 @@ struct CostRow {
     day: NaiveDate,
     key: String,
     /// Money is read as text (`::text`), so a sum too large for a decimal is an error, not a panic.
-    #[sqlx(try_from = "shared::money::NumericText")]
+    #[sqlx(try_from = "rig_events::money::NumericText")]
     cost_usd: Decimal,
 }
 
@@ -254,7 +254,7 @@ struct TokenRow {
     output_tokens: i64,
     cache_read_tokens: i64,
     cache_write_tokens: i64,
-    #[sqlx(try_from = "shared::money::NumericText")]
+    #[sqlx(try_from = "rig_events::money::NumericText")]
     cost_usd: Decimal,
     events: i64,
 }
@@ -322,7 +322,7 @@ async fn load(pool: &PgPool, p: &Params) -> Result<Data, sqlx::Error> {
     )
     .bind(TOKEN_LIMIT)
     .fetch_all(pool);
-    let consumers = shared::consumer::status(pool);
+    let consumers = rig_projections::status(pool);
     let timeline = load_timeline(pool, p.issue.as_deref());
     let (now, counts, issues, agents, costs, tokens, consumers, timeline) =
         tokio::try_join!(now, counts, issues, agents, costs, tokens, consumers, timeline)?;

@@ -121,7 +121,7 @@ impl ApiError {
                     ),
                 )
             }
-            Database(e) if shared::db::is_transient(e) => unavailable(),
+            Database(e) if rig_log::db::is_transient(e) => unavailable(),
             Database(e @ (sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_))) => {
                 tracing::error!(error = %e, "a stored value could not be read");
                 (

@@ -32,12 +32,12 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use regex::Regex;
+use rig_events as events;
+use rig_events::stream_id::MAX_ISSUE_NUMBER;
+use rig_events::StreamId;
 use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use shared::events;
-use shared::stream_id::MAX_ISSUE_NUMBER;
-use shared::StreamId;
 use sqlx::PgConnection;
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -189,7 +189,7 @@ pub fn plan(event: &str, p: &Value, approve_label: &str) -> Result<Plan, String>
                 occurred_at: Option<DateTime<Utc>>|
      -> Result<Plan, String> {
         let full_name = str_at(p, "/repository/full_name").ok_or("the payload lacks repository.full_name")?;
-        let repo = shared::stream_id::normalize_repo(full_name)
+        let repo = rig_events::stream_id::normalize_repo(full_name)
             .map_err(|e| format!("repository.full_name {full_name:?} is not owner/repo: {e}"))?;
         Ok(Plan::Emit {
             repo,
@@ -819,7 +819,7 @@ mod tests {
     }
 
     fn default_branch_re() -> Regex {
-        compile_branch_pattern(&shared::config::GithubSettings::default().branch_issue_pattern).unwrap()
+        compile_branch_pattern(&rig_ops::config::GithubSettings::default().branch_issue_pattern).unwrap()
     }
 
     #[test]

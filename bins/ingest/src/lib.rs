@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
-use shared::telemetry::PrometheusHandle;
-use shared::Settings;
+use rig_ops::telemetry::PrometheusHandle;
+use rig_ops::Settings;
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub struct AppState {
 /// `Content-Type`, both before the body is read; then the handler, which reads the body within
 /// `ingest.max_body_bytes`.
 pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
-    let ops = shared::ops::router(shared::ops::OpsState {
+    let ops = rig_ops::http::router(rig_ops::http::OpsState {
         pool: state.pool.clone(),
         metrics,
     });
@@ -444,15 +444,15 @@ pub fn check_exposure(settings: &Settings) -> anyhow::Result<()> {
 /// Connects, migrates, serves until `shutdown`.
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
     check_exposure(&settings)?;
-    let opts = shared::db::connect_options(settings.database_url_for(shared::roles::Role::Ingest).expose())?
+    let opts = rig_log::db::connect_options(settings.database_url_for(rig_log::roles::Role::Ingest).expose())?
         .options([("statement_timeout", millis(settings.ingest.statement_timeout))]);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(16)
         .min_connections(0)
         .acquire_timeout(std::time::Duration::from_secs(5))
         .connect_lazy_with(opts);
-    shared::db::check_schema(&pool).await?;
-    shared::roles::warn_if_privileged(&pool, shared::roles::Role::Ingest);
+    rig_log::db::check_schema(&pool).await?;
+    rig_log::roles::warn_if_privileged(&pool, rig_log::roles::Role::Ingest);
     let (addr, server) = start(settings, pool, metrics, shutdown).await?;
     tracing::info!(%addr, "rig-ingest listening");
     server.await?;
@@ -489,10 +489,10 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let branch_issue_re = github::compile_branch_pattern(&settings.ingest.github.branch_issue_pattern)?;
-    let listener = shared::ops::bind(settings.ingest.listen).await?;
+    let listener = rig_ops::http::bind(settings.ingest.listen).await?;
     let local_addr = listener.local_addr()?;
     let writer = Writer::spawn(pool.clone(), settings.ingest.max_batch_requests);
-    let limits = shared::ops::ServeLimits {
+    let limits = rig_ops::http::ServeLimits {
         header_read_timeout: settings.ingest.header_read_timeout,
         max_connections: settings.ingest.max_connections,
         shutdown_timeout: settings.ingest.shutdown_timeout,
@@ -507,7 +507,7 @@ pub async fn start(
         settings: Arc::new(settings),
         branch_issue_re: Arc::new(branch_issue_re),
     };
-    let serving = shared::ops::serve_on(listener, app(state, metrics), limits, shutdown);
+    let serving = rig_ops::http::serve_on(listener, app(state, metrics), limits, shutdown);
     // The read lane outlives the server, so reads in flight at SIGTERM finish too.
     let server = tokio::spawn(async move {
         if let Err(e) = serving.await {

@@ -85,12 +85,12 @@
 //! effects laid over them): each adds state to the one place that decides exactly-once.
 
 use chrono::{DateTime, Utc};
+use rig_events as events;
+use rig_events::fold::{FoldInput, IssueState};
+use rig_events::StreamId;
+use rig_log::db::{is_transient, APPEND_LOCK_KEY, EVENTS_CHANNEL};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shared::db::{is_transient, APPEND_LOCK_KEY, EVENTS_CHANNEL};
-use shared::events;
-use shared::fold::{FoldInput, IssueState};
-use shared::StreamId;
 use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres};

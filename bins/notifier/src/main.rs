@@ -1,22 +1,69 @@
-//! rig-notifier: posts chosen events to Discord (see `lib.rs`).
+//! rig-notifier: posts chosen events (`notifier.events`) to a Discord webhook.
+//!
+//! Discord webhooks have no idempotency key, so delivery goes through an outbox: the
+//! outbox projection (`rig_projections::notifier`) writes one rendered message per chosen event in the same transaction
+//! as the consumer's checkpoint, and the [`sender`] posts them afterwards, only in the active
+//! instance, marking each sent with Discord's message id. A fresh start or a reset begins at
+//! the head of the log: history is never posted. Its renderer keeps every message within
+//! Discord's limits whatever the event data holds.
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let metrics = shared::telemetry::init("rig-notifier");
-    let settings = match shared::Settings::load() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("rig-notifier: {e}");
-            return std::process::ExitCode::from(2);
-        }
+mod sender;
+
+rig_ops::service_allocator!();
+
+use anyhow::bail;
+use rig_consumer::{Consumer, ConsumerConfig};
+use rig_ops::telemetry::PrometheusHandle;
+use rig_ops::Settings;
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Connections: the batch transaction, the head query, the sender, `/readyz`, LISTEN.
+const POOL_SIZE: u32 = 5;
+
+/// Serves the ops endpoints, fills the outbox and delivers it until `shutdown`.
+async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let n = &settings.notifier;
+    let webhook = match (&n.discord_webhook_url, n.dry_run) {
+        (Some(url), _) => Some(sender::Webhook::parse(url.expose_secret())?),
+        (None, true) => None,
+        (None, false) => bail!(
+            "notifier.discord_webhook_url is not set, so there is nowhere to post. Set it \
+             (RIG_NOTIFIER__DISCORD_WEBHOOK_URL=https://discord.com/api/webhooks/<id>/<token>), or set \
+             notifier.dry_run = true (RIG_NOTIFIER__DRY_RUN=true) to log the messages instead"
+        ),
     };
-    match rig_notifier::run(settings, metrics, shared::shutdown::on_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("rig-notifier: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+    let (pool, server) = rig_ops::http::start_worker(
+        "rig-notifier",
+        settings.database_url_for(rig_log::roles::Role::Notifier).expose(),
+        POOL_SIZE,
+        n.metrics_listen,
+        metrics,
+        &shutdown,
+    )
+    .await?;
+    tracing::info!(events = ?n.events, dry_run = n.dry_run, "rig-notifier notifies of these events");
+    if n.dry_run {
+        tracing::warn!("notifier.dry_run = true: messages are logged, not posted");
     }
+    let wake = Arc::new(Notify::new());
+    let consumer = Consumer::new(
+        pool.clone(),
+        rig_projections::notifier::OutboxProjection::new(&n.events, wake.clone()),
+        ConsumerConfig::from_settings(&settings.consumer),
+    );
+    let sender = sender::Sender::new(pool, webhook, n.dry_run, wake, settings.consumer.poll_interval)?;
+    let send_task = tokio::spawn(sender.run(consumer.active_watch(), shutdown.clone()));
+    let result = consumer.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = send_task.await;
+    let _ = server.await;
+    tracing::info!("rig-notifier stopped");
+    result
+}
+
+fn main() -> std::process::ExitCode {
+    rig_ops::service::main("rig-notifier", run)
 }

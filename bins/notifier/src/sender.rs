@@ -61,7 +61,8 @@ impl Webhook {
         Ok(Webhook(u))
     }
 
-    pub fn expose_url(&self) -> &Url {
+    #[cfg(test)]
+    fn expose_url(&self) -> &Url {
         &self.0
     }
 }
@@ -169,7 +170,7 @@ impl Sender {
                 "SELECT id, event_id, event_type, payload FROM notifier_outbox \
                  WHERE sent_at IS NULL AND failed_at IS NULL AND channel = $1 ORDER BY id LIMIT 1",
             )
-            .bind(crate::outbox::CHANNEL)
+            .bind(rig_projections::notifier::CHANNEL)
             .fetch_optional(&self.pool)
             .await;
             let row = match next {

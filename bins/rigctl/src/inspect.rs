@@ -6,10 +6,10 @@
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use rig_events::fold::{IssueState, StreamFold};
+use rig_events::StreamId;
+use rig_events::{StoredEvent, EVENT_COLUMNS};
 use serde_json::{json, Value};
-use shared::events::{StoredEvent, EVENT_COLUMNS};
-use shared::fold::{IssueState, StreamFold};
-use shared::StreamId;
 use sqlx::PgPool;
 use std::io::Write;
 use std::process::ExitCode;
@@ -256,7 +256,7 @@ pub async fn issues(pool: &PgPool, status: Option<&str>, as_json: bool) -> anyho
 }
 
 pub async fn consumers(pool: &PgPool, as_json: bool) -> anyhow::Result<ExitCode> {
-    let list = shared::consumer::status(pool).await?;
+    let list = rig_projections::status(pool).await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);

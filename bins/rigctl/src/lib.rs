@@ -9,8 +9,8 @@ pub mod up;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shared::roles::{Role, ROLES};
-use shared::Settings;
+use rig_log::roles::{Role, ROLES};
+use rig_ops::Settings;
 use sqlx::PgPool;
 use std::process::ExitCode;
 
@@ -93,10 +93,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let settings = load_settings()?;
             let url = settings.database_url.expose().to_owned();
-            shared::pg::ensure_database(&url).await.context("create the database")?;
+            rig_ops::pg::ensure_database(&url)
+                .await
+                .context("create the database")?;
             let pool = connect(&settings).await?;
-            shared::db::migrate(&pool).await.context("apply migrations")?;
-            let n = shared::db::MIGRATOR.iter().count();
+            rig_log::db::migrate(&pool).await.context("apply migrations")?;
+            let n = rig_log::db::MIGRATOR.iter().count();
             println!(
                 "migrated {} ({n} migrations applied or already current)",
                 settings.database_url
@@ -106,7 +108,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .into_iter()
                 .filter_map(|r| settings.own_database_url(r).map(|u| (r, u.expose())))
                 .collect();
-            let (set, notes) = shared::roles::set_passwords(&pool.connect_options(), &urls).await?;
+            let (set, notes) = rig_log::roles::set_passwords(&pool.connect_options(), &urls).await?;
             for note in notes {
                 println!("{note}");
             }
@@ -143,7 +145,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reset { consumer } => {
             let pool = connect(&load_settings()?).await?;
             let info = known_consumer(&consumer)?;
-            let start = shared::consumer::reset(&pool, info).await?;
+            let start = rig_consumer::reset(&pool, info).await?;
             if info.tables.is_empty() {
                 println!(
                     "reset {}: checkpoint moved to the head ({start}); nothing from before is sent again",
@@ -161,7 +163,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Skip { consumer, position } => {
             let pool = connect(&load_settings()?).await?;
             let info = known_consumer(&consumer)?;
-            shared::consumer::skip(&pool, info.name, position).await?;
+            rig_consumer::skip(&pool, info.name, position).await?;
             println!(
                 "skipped position {position} for {}: recorded in dead_letters; the consumer goes on",
                 info.name
@@ -175,15 +177,15 @@ pub fn load_settings() -> anyhow::Result<Settings> {
     Ok(Settings::load()?)
 }
 
-fn known_consumer(name: &str) -> anyhow::Result<&'static shared::consumer::ConsumerInfo> {
-    shared::consumer::consumer_info(name).with_context(|| {
-        let names: Vec<&str> = shared::consumer::CONSUMERS.iter().map(|c| c.name).collect();
+fn known_consumer(name: &str) -> anyhow::Result<&'static rig_consumer::ConsumerInfo> {
+    rig_projections::consumer_info(name).with_context(|| {
+        let names: Vec<&str> = rig_projections::CONSUMERS.iter().map(|c| c.name).collect();
         format!("unknown consumer {name:?}; the consumers are {}", names.join(", "))
     })
 }
 
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
-    let pool = shared::db::pool(settings.database_url.expose(), 4)?;
+    let pool = rig_log::db::pool(settings.database_url.expose(), 4)?;
     sqlx::query("SELECT 1").execute(&pool).await.with_context(|| {
         format!(
             "cannot reach the database at {} (set DATABASE_URL or database_url in rig.toml)",

@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // Logs on stderr: stdout carries the command's output (tables, `--json`).
-    shared::telemetry::init_with("rigctl", shared::telemetry::LogOutput::Stderr);
+    rig_ops::telemetry::init_with("rigctl", rig_ops::telemetry::LogOutput::Stderr);
     let cli = rigctl::Cli::parse();
     match rigctl::dispatch(cli).await {
         Ok(code) => code,

@@ -25,11 +25,11 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::StatusCode;
+use rig_events as ev;
+use rig_events::money::{PriceTable, Tokens};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use shared::events as ev;
-use shared::money::{PriceTable, Tokens};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
@@ -938,7 +938,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let seed = args.seed.unwrap_or_else(rand::random);
-    let shutdown = shared::shutdown::on_signal();
+    let shutdown = rig_ops::shutdown::on_signal();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     wait_ready(&http, &base, &shutdown).await?;
 

@@ -3,7 +3,7 @@
 //! SIGTERM) stops them all: SIGTERM first, SIGKILL for any still running after a grace period.
 //! If one process dies, the others are stopped too, so a broken system is never half up.
 //! Migrations run as the configured (owner) role; each process of the Procfile connects as its
-//! own least-privilege role (see `shared::roles`).
+//! own least-privilege role (see `rig_log::roles`).
 //!
 //! `--demo` adds a simulated rig (`rigctl simulate`, started two seconds after the rest), runs
 //! the notifier in dry-run, catches silent agents after 20 s instead of 30 min, and, when no
@@ -12,8 +12,8 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use shared::process::{self, Supervised};
-use shared::roles::Role;
+use rig_log::roles::Role;
+use rig_ops::process::{self, Supervised};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -152,14 +152,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
 
     println!("finding Postgres …");
-    let pg = shared::pg::find_or_start(Some(settings.database_url.expose()), "rig").await?;
+    let pg = rig_ops::pg::find_or_start(Some(settings.database_url.expose()), "rig").await?;
     let db_url = pg.url.clone();
     if pg.private.is_some() {
         println!("started a private Postgres cluster (removed when this stops)");
     }
-    let pool = shared::db::pool(&db_url, 2)?;
-    shared::db::migrate(&pool).await.context("apply migrations")?;
-    println!("database {} is migrated", shared::config::redact_url_password(&db_url));
+    let pool = rig_log::db::pool(&db_url, 2)?;
+    rig_log::db::migrate(&pool).await.context("apply migrations")?;
+    println!("database {} is migrated", rig_ops::config::redact_url_password(&db_url));
 
     let mut env: HashMap<String, String> = HashMap::new();
     env.insert("DATABASE_URL".into(), db_url.clone());
@@ -191,7 +191,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         if let Some(role) = Role::for_binary(&l.command[0]) {
             let url = match settings.own_database_url(role).filter(|_| configured) {
                 Some(own) => own.expose().to_owned(),
-                None => shared::roles::url_as(&db_url, role)?,
+                None => rig_log::roles::url_as(&db_url, role)?,
             };
             env.insert("DATABASE_URL".into(), url);
         }
@@ -226,7 +226,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     });
 
-    let shutdown = shared::shutdown::on_signal();
+    let shutdown = rig_ops::shutdown::on_signal();
     let started = Instant::now();
     let mut demo_started = false;
     let mut announced = false;
@@ -341,7 +341,7 @@ async fn answers(client: &reqwest::Client, url: &str) -> bool {
 
 struct Look<'a> {
     api: &'a str,
-    settings: &'a shared::Settings,
+    settings: &'a rig_ops::Settings,
     lines: &'a [ProcLine],
     demo: bool,
     demo_prices: bool,

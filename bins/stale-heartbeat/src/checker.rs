@@ -1,7 +1,7 @@
 //! The periodic stale check, run only by the active instance.
 //!
 //! Every `check_interval` it takes the held issues in a watched status (`assigned` or
-//! `in_progress`, see [`crate::projection`]) quiet for longer than `threshold` (database time
+//! `in_progress`, see `rig_projections::stale_heartbeat`) quiet for longer than `threshold` (database time
 //! against the server's `recorded_at`) and asks ingest, in ONE append request, for
 //! `AGENT_STUCK` then `ISSUE_UNASSIGNED {reason: "stale_heartbeat"}`. Held issues in review,
 //! merged or done are waiting on someone else, so their holder's silence is not a fault.
@@ -24,10 +24,10 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::StatusCode;
+use rig_ops::config::StaleHeartbeatSettings;
+use rig_projections::STALE_HEARTBEAT;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
-use shared::config::StaleHeartbeatSettings;
-use shared::consumer::STALE_HEARTBEAT;
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -46,7 +46,7 @@ const MAX_LAG_FOR_CHECK: i64 = 10_000;
 const MAX_PER_ROUND: i64 = 1_000;
 
 /// How many held issues are in a watched status: the ones a silent holder can be caught on.
-/// The status list is the one of [`crate::projection::WATCHED`] and of the partial index of
+/// The status list is the one of [`rig_projections::stale_heartbeat::WATCHED`] and of the partial index of
 /// migration 0023 (spelled the same way, so the planner can use it).
 const TRACKED: &str = "SELECT count(*) FROM stale_heartbeat_issues WHERE status IN ('assigned', 'in_progress')";
 
@@ -345,7 +345,9 @@ mod tests {
 
     #[test]
     fn queries_watch_exactly_the_projection_s_watched_statuses() {
-        let list = crate::projection::WATCHED.map(|w| format!("'{w}'")).join(", ");
+        let list = rig_projections::stale_heartbeat::WATCHED
+            .map(|w| format!("'{w}'"))
+            .join(", ");
         for q in [TRACKED, STALE] {
             assert!(q.contains(&format!("status IN ({list})")), "{q}");
         }
@@ -384,7 +386,7 @@ mod tests {
             json!({"reason": "stale_heartbeat", "agent_id": "dev-1"})
         );
         for e in events {
-            shared::events::validate(e["type"].as_str().unwrap(), &e["data"]).unwrap();
+            rig_events::validate(e["type"].as_str().unwrap(), &e["data"]).unwrap();
         }
         assert_eq!(events[0]["id"], json!(event_ids("acme/widgets#42", 3).0));
     }

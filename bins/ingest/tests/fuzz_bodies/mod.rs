@@ -3,10 +3,13 @@
 //! One copy serves two runners: `fuzz/fuzz_targets/*.rs` include this file by path (cargo fuzz,
 //! nightly, coverage-guided), and `tests/fuzz_stable.rs` feeds it proptest's inputs and the seed
 //! corpora on stable, so `cargo test` runs the same checks. It may use only what both have:
-//! rig-ingest, rig-shared, axum, serde_json, hmac, sha2 and hex. Nothing here touches a database.
+//! rig-ingest, rig-events, axum, serde_json, hmac, sha2 and hex. Nothing here touches a database.
 
 use axum::response::IntoResponse;
 use hmac::{Hmac, Mac};
+use rig_events as events;
+use rig_events::stream_id::normalize_repo;
+use rig_events::StreamId;
 use rig_ingest::api::{parse_append, parse_json, MAX_EVENTS_PER_REQUEST};
 use rig_ingest::compat;
 use rig_ingest::error::ApiError;
@@ -14,9 +17,6 @@ use rig_ingest::github::{self, Plan};
 use rig_ingest::writer::Append;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use shared::events;
-use shared::stream_id::normalize_repo;
-use shared::StreamId;
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
@@ -26,7 +26,7 @@ const SECRET: &[u8] = b"It's a Secret to Everybody";
 const MAX_STRINGS: usize = 256;
 
 static BRANCH_RE: LazyLock<regex::Regex> = LazyLock::new(|| {
-    github::compile_branch_pattern(&shared::config::GithubSettings::default().branch_issue_pattern)
+    github::compile_branch_pattern(&rig_ops::config::GithubSettings::default().branch_issue_pattern)
         .expect("the default branch pattern compiles")
 });
 

@@ -21,7 +21,7 @@ pub(super) async fn wait_caught_up(pool: &PgPool, workers: &mut [Worker], timeou
             "SELECT n, coalesce(c.position, 0) FROM unnest($1::text[]) AS n LEFT JOIN checkpoints c ON c.consumer = n \
              WHERE coalesce(c.position, 0) < $2",
         )
-        .bind(shared::consumer::CONSUMERS.iter().map(|c| c.name).collect::<Vec<_>>())
+        .bind(rig_projections::CONSUMERS.iter().map(|c| c.name).collect::<Vec<_>>())
         .bind(head)
         .fetch_all(pool)
         .await?;

@@ -197,19 +197,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let sizes = Sizes::from(&args)?;
     let settings = crate::load_settings()?;
     let name = format!("rig_bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let url = shared::pg::with_database(settings.database_url.expose(), &name)?;
+    let url = rig_ops::pg::with_database(settings.database_url.expose(), &name)?;
     progress(&format!(
         "scratch database {name} on {}",
-        shared::config::redact_url_password(&url)
+        rig_ops::config::redact_url_password(&url)
     ));
-    shared::pg::ensure_database(&url).await.with_context(|| {
+    rig_ops::pg::ensure_database(&url).await.with_context(|| {
         format!(
             "create the scratch database on {} (set DATABASE_URL or database_url in rig.toml)",
             settings.database_url
         )
     })?;
 
-    let shutdown = shared::shutdown::on_signal();
+    let shutdown = rig_ops::shutdown::on_signal();
     let started = Instant::now();
     // The bench future owns every child process; leaving the select (done, failed or
     // interrupted) drops it, which stops them before the database goes.

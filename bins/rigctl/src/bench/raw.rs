@@ -3,8 +3,8 @@
 
 use super::*;
 use futures::TryStreamExt;
+use rig_events::EVENT_COLUMNS;
 use serde_json::{json, Value};
-use shared::events::EVENT_COLUMNS;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::atomic::Ordering;

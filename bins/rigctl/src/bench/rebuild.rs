@@ -3,10 +3,11 @@
 
 use super::*;
 use anyhow::{bail, Context};
+use rig_consumer::{Consumer, ConsumerConfig, Outcome};
+use rig_events::money::{Price, PriceTable};
+use rig_projections::TOKEN_PROJECTOR;
 use rust_decimal::Decimal;
 use serde_json::json;
-use shared::consumer::{Consumer, ConsumerConfig, Outcome, TOKEN_PROJECTOR};
-use shared::money::{Price, PriceTable};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ pub(super) async fn generate_usage_events(pool: &PgPool, n: u64, prefix: &str) -
     let t = Instant::now();
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(shared::db::APPEND_LOCK_KEY)
+        .bind(rig_log::db::APPEND_LOCK_KEY)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
@@ -82,10 +83,10 @@ pub(super) async fn rebuild_token_projector(pool: &PgPool, raw_read: &Baseline) 
     let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
         .fetch_one(pool)
         .await?;
-    shared::consumer::reset(pool, &TOKEN_PROJECTOR).await?;
-    let cfg = ConsumerConfig::from_settings(&shared::config::ConsumerSettings::default());
+    rig_consumer::reset(pool, &TOKEN_PROJECTOR).await?;
+    let cfg = ConsumerConfig::from_settings(&rig_ops::config::ConsumerSettings::default());
     let batch_size = cfg.batch_size;
-    let projection = rig_token_projector::TokenProjection::new(PriceTable::new(&bench_prices()));
+    let projection = rig_projections::token::TokenProjection::new(PriceTable::new(&bench_prices()));
     let mut consumer = Consumer::new(pool.clone(), projection, cfg);
     let t = Instant::now();
     let mut last_note = Instant::now();
@@ -118,7 +119,7 @@ pub(super) async fn rebuild_token_projector(pool: &PgPool, raw_read: &Baseline) 
         .detail(json!({
             "events": scanned, "head": head, "seconds": round(secs, 3), "batches": batches, "batch_size": batch_size,
             "token_usage_events_summed": summed,
-            "how": "rig_token_projector::TokenProjection in shared::consumer::Consumer, in-process, reset to 0, run_once until idle",
+            "how": "rig_projections::token::TokenProjection in rig_consumer::Consumer, in-process, reset to 0, run_once until idle",
         })))
 }
 

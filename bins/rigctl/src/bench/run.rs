@@ -3,8 +3,8 @@
 
 use super::*;
 use anyhow::Context;
+use rig_ops::process;
 use serde_json::{json, Value};
-use shared::process;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use std::net::SocketAddr;
@@ -97,7 +97,7 @@ async fn prepare_database(url: &str) -> anyhow::Result<Database> {
         .connect_with(opts.clone())
         .await
         .context("connect to the scratch database")?;
-    shared::db::migrate(&pool)
+    rig_log::db::migrate(&pool)
         .await
         .context("migrate the scratch database")?;
     let machine = machine_info(&pool).await?;

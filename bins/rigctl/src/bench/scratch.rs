@@ -7,7 +7,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 pub(super) fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     // No statement logging: the bulk statements here are slow on purpose, and would fill the log
     // with warnings that mean nothing.
-    Ok(shared::db::connect_options(url)?
+    Ok(rig_log::db::connect_options(url)?
         .disable_statement_logging()
         .application_name("rigctl-bench"))
 }
@@ -29,7 +29,7 @@ pub(super) async fn machine_info(pool: &PgPool) -> anyhow::Result<Value> {
 }
 
 pub(super) async fn drop_database(url: &str, name: &str) -> anyhow::Result<()> {
-    let admin = shared::pg::with_database(url, "postgres")?;
+    let admin = rig_ops::pg::with_database(url, "postgres")?;
     let mut c = PgConnection::connect_with(&connect_options(&admin)?).await?;
     // FORCE: a worker that has not quite exited must not keep the database alive.
     sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))

@@ -1,9 +1,9 @@
 //! The worker processes: built if stale, configured by a scratch rig.toml, started and stopped
-//! through `shared::process`.
+//! through `rig_ops::process`.
 
 use super::*;
 use anyhow::{bail, Context};
-use shared::process;
+use rig_ops::process;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use uuid::Uuid;

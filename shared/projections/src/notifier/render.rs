@@ -10,9 +10,9 @@
 //! pure function of the event and the issue context, and never panics.
 
 use chrono::{DateTime, Utc};
+use rig_events::StreamId;
+use rig_events::{self as events, StoredEvent};
 use serde_json::{json, Map, Value};
-use shared::events::{self, StoredEvent};
-use shared::StreamId;
 
 pub const CONTENT_MAX: usize = 2000;
 pub const TITLE_MAX: usize = 256;

@@ -2,7 +2,7 @@
 //! function feeds the inline `issue_state` table, time travel and `rigctl stream`, so the three
 //! can never disagree.
 
-use crate::events::*;
+use crate::*;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

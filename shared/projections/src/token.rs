@@ -4,17 +4,18 @@
 //! What it promises: the table always equals a fold of the `TOKEN_USAGE` events up to the
 //! checkpoint, because each batch is summed in memory and written with ONE upsert in the
 //! consumer runtime's transaction, together with the checkpoint. The cost rule is
-//! `shared::usage::read_usage`, the one the cost-projector uses too. Other event types are never
+//! `rig_events::usage::read_usage`, the one the cost-projector uses too. Other event types are never
 //! fetched; the checkpoint still moves past them. An event whose data cannot be read pauses the
 //! consumer at that position (`rigctl skip` dead-letters it); it is never counted as zero.
 
+use crate::TOKEN_PROJECTOR;
+use rig_consumer::{ApplyError, ConsumerInfo, Projection};
+use rig_events::money::PriceTable;
+use rig_events::usage::{key_columns, read_usage, RowSums};
+use rig_events::{StoredEvent, TOKEN_USAGE};
+use rig_ops::telemetry::PrometheusHandle;
+use rig_ops::Settings;
 use rust_decimal::Decimal;
-use shared::consumer::{ApplyError, ConsumerInfo, Projection, TOKEN_PROJECTOR};
-use shared::events::{StoredEvent, TOKEN_USAGE};
-use shared::money::PriceTable;
-use shared::telemetry::PrometheusHandle;
-use shared::usage::{key_columns, read_usage, RowSums};
-use shared::Settings;
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
@@ -139,7 +140,7 @@ impl Projection for TokenProjection {
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
     let projection = TokenProjection::new(PriceTable::new(&settings.prices));
     let listen = settings.token_projector.metrics_listen;
-    shared::ops::run_projection(
+    rig_consumer::run_projection(
         "rig-token-projector",
         &settings,
         POOL_SIZE,

@@ -198,9 +198,9 @@ pub async fn start_worker(
     metrics: PrometheusHandle,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(PgPool, tokio::task::JoinHandle<()>)> {
-    let pool = crate::db::pool(database_url, pool_size)?;
-    if let Some(role) = crate::roles::Role::for_binary(name) {
-        crate::roles::warn_if_privileged(&pool, role);
+    let pool = rig_log::db::pool(database_url, pool_size)?;
+    if let Some(role) = rig_log::roles::Role::for_binary(name) {
+        rig_log::roles::warn_if_privileged(&pool, role);
     }
     let ops = router(OpsState {
         pool: pool.clone(),
@@ -209,28 +209,4 @@ pub async fn start_worker(
     let (addr, server) = serve(listen, ops, shutdown.clone()).await?;
     tracing::info!(%addr, "{name} serving /metrics, /healthz, /readyz");
     Ok((pool, server))
-}
-
-/// A worker that is one projection and nothing else (token-projector, cost-projector): start,
-/// run the consumer until `shutdown` or a fatal error, then stop the endpoints with it.
-pub async fn run_projection<P: crate::consumer::Projection>(
-    name: &str,
-    settings: &crate::Settings,
-    pool_size: u32,
-    listen: SocketAddr,
-    projection: P,
-    metrics: PrometheusHandle,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    // Each projector connects as its own role (see `roles`), named after its binary.
-    let url = crate::roles::Role::for_binary(name).map_or(&settings.database_url, |r| settings.database_url_for(r));
-    let (pool, server) = start_worker(name, url.expose(), pool_size, listen, metrics, &shutdown).await?;
-    let cfg = crate::consumer::ConsumerConfig::from_settings(&settings.consumer);
-    let result = crate::consumer::Consumer::new(pool, projection, cfg)
-        .run(shutdown.clone())
-        .await;
-    // The server stops with the consumer, whichever way it ended.
-    shutdown.cancel();
-    server.await?;
-    result
 }

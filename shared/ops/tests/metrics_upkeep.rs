@@ -34,7 +34,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn histogram_samples_are_drained_when_nobody_scrapes() {
-    let _handle = shared::telemetry::metrics_handle();
+    let _handle = rig_ops::telemetry::metrics_handle();
     let h = metrics::histogram!("rig_upkeep_test_duration_seconds");
     h.record(1.0);
     let before = LIVE.load(Ordering::Relaxed);
@@ -43,7 +43,7 @@ fn histogram_samples_are_drained_when_nobody_scrapes() {
     }
     let held = LIVE.load(Ordering::Relaxed) - before;
     assert!(held > 4_000_000, "the samples are held until drained ({held} bytes)");
-    let limit = shared::telemetry::UPKEEP_INTERVAL * 3;
+    let limit = rig_ops::telemetry::UPKEEP_INTERVAL * 3;
     let started = Instant::now();
     loop {
         let now = LIVE.load(Ordering::Relaxed) - before;

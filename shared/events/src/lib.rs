@@ -17,6 +17,13 @@
 //!
 //! A refusal names the field by its path (`data.title`, `metadata.trace`, `data.x[1].y`).
 
+pub mod fold;
+pub mod money;
+pub mod stream_id;
+pub mod usage;
+
+pub use stream_id::StreamId;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;

@@ -143,7 +143,7 @@ impl PriceTable {
 }
 
 /// A `numeric` column read as its text (`SELECT cost_usd::text AS cost_usd`), to become a
-/// `Decimal` with `#[sqlx(try_from = "shared::money::NumericText")]`.
+/// `Decimal` with `#[sqlx(try_from = "rig_events::money::NumericText")]`.
 ///
 /// sqlx's own decoding of `numeric` into `Decimal` panics on some values a `numeric` holds but a
 /// decimal cannot (beyond ~7.9e28), which took the whole request down with the connection. Read

@@ -25,10 +25,10 @@
 //!   exported as `rig_consumer_paused`; it never skips silently. `rigctl skip` records a dead
 //!   letter and moves it on.
 
-use crate::db::{consumer_lock_key, is_transient, EVENTS_CHANNEL};
-use crate::events::{StoredEvent, EVENT_COLUMNS};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::TryStreamExt;
+use rig_events::{StoredEvent, EVENT_COLUMNS};
+use rig_log::db::{consumer_lock_key, is_transient, EVENTS_CHANNEL};
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::future::Future;
@@ -47,41 +47,12 @@ pub enum StartFrom {
 }
 
 /// What every tool needs to know about a consumer: its name, the tables it owns (emptied by a
-/// reset) and where it starts. The one list of consumers in the system.
+/// reset) and where it starts. The list of the system's consumers is `rig_projections::CONSUMERS`.
 #[derive(Debug, Clone, Copy)]
 pub struct ConsumerInfo {
     pub name: &'static str,
     pub tables: &'static [&'static str],
     pub start: StartFrom,
-}
-
-pub const TOKEN_PROJECTOR: ConsumerInfo = ConsumerInfo {
-    name: "token-projector",
-    tables: &["token_usage"],
-    start: StartFrom::Beginning,
-};
-pub const COST_PROJECTOR: ConsumerInfo = ConsumerInfo {
-    name: "cost-projector",
-    tables: &["daily_cost"],
-    start: StartFrom::Beginning,
-};
-pub const STALE_HEARTBEAT: ConsumerInfo = ConsumerInfo {
-    name: "stale-heartbeat",
-    tables: &["stale_heartbeat_issues"],
-    start: StartFrom::Beginning,
-};
-/// The notifier's reset keeps undelivered outbox rows (they are messages owed to people) and
-/// moves the checkpoint to the head.
-pub const NOTIFIER: ConsumerInfo = ConsumerInfo {
-    name: "notifier",
-    tables: &[],
-    start: StartFrom::Head,
-};
-
-pub const CONSUMERS: &[ConsumerInfo] = &[TOKEN_PROJECTOR, COST_PROJECTOR, STALE_HEARTBEAT, NOTIFIER];
-
-pub fn consumer_info(name: &str) -> Option<&'static ConsumerInfo> {
-    CONSUMERS.iter().find(|c| c.name == name)
 }
 
 /// Why a batch could not be applied.
@@ -163,7 +134,7 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
-    pub fn from_settings(s: &crate::config::ConsumerSettings) -> Self {
+    pub fn from_settings(s: &rig_ops::config::ConsumerSettings) -> Self {
         ConsumerConfig {
             batch_size: s.batch_size,
             poll_interval: s.poll_interval,
@@ -1067,7 +1038,7 @@ pub struct ConsumerStatus {
 /// Up to this many positions behind, `status` counts a consumer's lag exactly.
 const EXACT_LAG_UP_TO: i64 = 100_000;
 
-pub async fn status(pool: &PgPool) -> Result<Vec<ConsumerStatus>, sqlx::Error> {
+pub async fn status(pool: &PgPool, known: &[ConsumerInfo]) -> Result<Vec<ConsumerStatus>, sqlx::Error> {
     let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
         .fetch_one(pool)
         .await?;
@@ -1075,7 +1046,7 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ConsumerStatus>, sqlx::Error> {
         sqlx::query_as("SELECT consumer, position, paused_position, last_error FROM checkpoints")
             .fetch_all(pool)
             .await?;
-    let mut names: Vec<String> = CONSUMERS.iter().map(|c| c.name.to_owned()).collect();
+    let mut names: Vec<String> = known.iter().map(|c| c.name.to_owned()).collect();
     for (n, ..) in &rows {
         if !names.contains(n) {
             names.push(n.clone());
@@ -1116,4 +1087,26 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ConsumerStatus>, sqlx::Error> {
         });
     }
     Ok(out)
+}
+
+/// A worker that is one projection and nothing else (token-projector, cost-projector): start,
+/// run the consumer until `shutdown` or a fatal error, then stop the endpoints with it.
+pub async fn run_projection<P: crate::Projection>(
+    name: &str,
+    settings: &rig_ops::Settings,
+    pool_size: u32,
+    listen: std::net::SocketAddr,
+    projection: P,
+    metrics: rig_ops::telemetry::PrometheusHandle,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    // Each projector connects as its own role (see `roles`), named after its binary.
+    let url = rig_log::roles::Role::for_binary(name).map_or(&settings.database_url, |r| settings.database_url_for(r));
+    let (pool, server) = rig_ops::http::start_worker(name, url.expose(), pool_size, listen, metrics, &shutdown).await?;
+    let cfg = crate::ConsumerConfig::from_settings(&settings.consumer);
+    let result = crate::Consumer::new(pool, projection, cfg).run(shutdown.clone()).await;
+    // The server stops with the consumer, whichever way it ended.
+    shutdown.cancel();
+    server.await?;
+    result
 }

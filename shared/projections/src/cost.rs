@@ -5,18 +5,19 @@
 //! What it promises: the table always equals a fold of the `TOKEN_USAGE` events up to the
 //! checkpoint, because each batch is summed in memory and written with ONE upsert in the
 //! consumer runtime's transaction, together with the checkpoint. Cost follows
-//! `shared::usage::read_usage`, the same rule as the token-projector's. An event without
+//! `rig_events::usage::read_usage`, the same rule as the token-projector's. An event without
 //! `cost_usd` whose model has no price on its day counts 0 USD, in `unpriced_events` and in
 //! `rig_cost_unpriced_events_total`. Unreadable data pauses the consumer at that event.
 
+use crate::COST_PROJECTOR;
 use chrono::NaiveDate;
+use rig_consumer::{ApplyError, ConsumerInfo, Projection};
+use rig_events::money::PriceTable;
+use rig_events::usage::{key_columns, read_usage, repo_of, RowSums, Totals};
+use rig_events::{StoredEvent, TOKEN_USAGE};
+use rig_ops::telemetry::PrometheusHandle;
+use rig_ops::Settings;
 use rust_decimal::Decimal;
-use shared::consumer::{ApplyError, ConsumerInfo, Projection, COST_PROJECTOR};
-use shared::events::{StoredEvent, TOKEN_USAGE};
-use shared::money::PriceTable;
-use shared::telemetry::PrometheusHandle;
-use shared::usage::{key_columns, read_usage, repo_of, RowSums, Totals};
-use shared::Settings;
 use sqlx::PgConnection;
 use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
@@ -176,7 +177,7 @@ impl Projection for CostProjection {
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
     let projection = CostProjection::new(PriceTable::new(&settings.prices));
     let listen = settings.cost_projector.metrics_listen;
-    shared::ops::run_projection(
+    rig_consumer::run_projection(
         "rig-cost-projector",
         &settings,
         POOL_SIZE,

@@ -4,7 +4,7 @@
 //!
 //! The rule: a row exists from an `ISSUE_ASSIGNED` until the next `ISSUE_UNASSIGNED` (a new
 //! `ISSUE_ASSIGNED` replaces it), which is exactly when an agent holds the issue,
-//! and its `status` is the one the shared issue fold computes ([`shared::fold::status_set_by`],
+//! and its `status` is the one the shared issue fold computes ([`rig_events::fold::status_set_by`],
 //! the same transitions as `IssueState::apply`). Rows are not dropped when the issue goes to
 //! review, is merged or done: a `REVIEW_DISPUTED` followed by `WORK_STARTED`, `BRANCH_CREATED` or
 //! `PR_CREATED` puts the issue back to `in_progress` with the same holder, and an agent that goes
@@ -25,12 +25,13 @@
 //! number (the issue that agent holds with that number). Such a heartbeat does not change the
 //! issue stream's version, so it never makes the checker's `expected_version` stale.
 
+use crate::STALE_HEARTBEAT;
 use chrono::{DateTime, Utc};
+use rig_consumer::{ApplyError, ConsumerInfo, Projection};
+use rig_events::fold::status_set_by;
+use rig_events::StreamId;
+use rig_events::{self as events, StoredEvent};
 use serde_json::Value;
-use shared::consumer::{ApplyError, ConsumerInfo, Projection, STALE_HEARTBEAT};
-use shared::events::{self, StoredEvent};
-use shared::fold::status_set_by;
-use shared::StreamId;
 use sqlx::PgConnection;
 use std::collections::{BTreeSet, HashMap};
 
@@ -388,7 +389,7 @@ mod tests {
             assert!(c.delete.is_empty(), "{t}");
             let row = &c.upsert[0];
             // The same status as the shared fold of the stream.
-            let folded = shared::fold::fold_stored(s, &log).unwrap();
+            let folded = rig_events::fold::fold_stored(s, &log).unwrap();
             assert_eq!(Some(row.status.as_str()), folded.status.as_deref(), "after {t}");
             assert_eq!(row.status, status, "after {t}");
             assert_eq!((row.version, row.last_seen_at), (v, at(v.into())), "after {t}");

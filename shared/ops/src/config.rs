@@ -11,11 +11,11 @@
 //! (`[1, 2]` is a list, `123` a number), except secrets, which are taken as the exact text:
 //! `RIG_STALE_HEARTBEAT__INGEST_TOKEN=0123` is the token "0123", not the number 123.
 
-use crate::money::Price;
 use figment::error::{Actual, Kind};
 use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
+use rig_events::money::Price;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
@@ -85,13 +85,13 @@ impl Default for Settings {
 impl Settings {
     /// The URL `role`'s process connects with: its section's `database_url` when set (the URL of
     /// its own least-privilege role, see `roles`), else the top-level `database_url`.
-    pub fn database_url_for(&self, role: crate::roles::Role) -> &DatabaseUrl {
+    pub fn database_url_for(&self, role: rig_log::roles::Role) -> &DatabaseUrl {
         self.own_database_url(role).unwrap_or(&self.database_url)
     }
 
     /// `role`'s section's `database_url`, when set.
-    pub fn own_database_url(&self, role: crate::roles::Role) -> Option<&DatabaseUrl> {
-        use crate::roles::Role;
+    pub fn own_database_url(&self, role: rig_log::roles::Role) -> Option<&DatabaseUrl> {
+        use rig_log::roles::Role;
         match role {
             Role::Ingest => self.ingest.database_url.as_ref(),
             Role::TokenProjector => self.token_projector.database_url.as_ref(),
@@ -430,7 +430,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, what: &str| Err(ConfigError::Invalid(format!("{key}: {what}")));
         let urls = std::iter::once(("database_url".to_owned(), Some(&self.database_url))).chain(
-            crate::roles::ROLES
+            rig_log::roles::ROLES
                 .into_iter()
                 .map(|r| (format!("{}.database_url", r.section()), self.own_database_url(r))),
         );
@@ -517,7 +517,7 @@ impl Settings {
             }
         }
         for (i, t) in self.notifier.events.iter().enumerate() {
-            if !crate::events::is_upper_snake(t) {
+            if !rig_events::is_upper_snake(t) {
                 return bad(&format!("notifier.events[{i}]"), "expected an UPPER_SNAKE event type");
             }
         }
@@ -1038,7 +1038,7 @@ mod tests {
 
     #[test]
     fn each_process_may_have_a_database_url_of_its_own() {
-        use crate::roles::{Role, ROLES};
+        use rig_log::roles::{Role, ROLES};
         let s = from_env(&[
             ("DATABASE_URL", "postgres://owner@h/rig"),
             ("RIG_INGEST__DATABASE_URL", "postgres://rig_ingest:pw-very-secret@h/rig"),

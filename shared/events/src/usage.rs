@@ -7,8 +7,8 @@
 //! `recorded_at`. Data that cannot be read (wrong types that bypassed ingest's validation) is an
 //! error naming the field: the caller treats the event as poison, never as zero.
 
-use crate::events::{StoredEvent, MAX_COST_USD};
 use crate::money::{decimal_from_json, PriceTable, Tokens};
+use crate::{StoredEvent, MAX_COST_USD};
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};

@@ -2,9 +2,9 @@
 //! panic, must accept exactly the documented forms, and must be stable under canonicalisation.
 
 use proptest::prelude::*;
+use rig_events::validate;
+use rig_events::StreamId;
 use serde_json::{json, Value};
-use shared::events::validate;
-use shared::StreamId;
 
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -79,7 +79,7 @@ proptest! {
 
     #[test]
     fn types_must_be_upper_snake(ty in "[A-Za-z_0-9 -]{0,20}") {
-        let ok = validate(&ty, &json!({})).is_ok() || shared::events::is_known_type(&ty);
+        let ok = validate(&ty, &json!({})).is_ok() || rig_events::is_known_type(&ty);
         let upper_snake = !ty.is_empty()
             && ty.as_bytes()[0].is_ascii_uppercase()
             && !ty.ends_with('_')
@@ -91,14 +91,14 @@ proptest! {
     }
 
     #[test]
-    fn token_usage_with_valid_counts_passes(input in 0i64..=shared::events::MAX_TOKENS, output in 0i64..1_000_000_000, cost in 0u32..1_000_000) {
+    fn token_usage_with_valid_counts_passes(input in 0i64..=rig_events::MAX_TOKENS, output in 0i64..1_000_000_000, cost in 0u32..1_000_000) {
         let data = json!({"agent_id": "a", "model": "m", "input_tokens": input, "output_tokens": output,
                           "cost_usd": format!("{}.{:02}", cost / 100, cost % 100)});
         prop_assert!(validate("TOKEN_USAGE", &data).is_ok());
         let mut bad = data.clone();
         bad["input_tokens"] = json!(-1 - (input % 1000));
         prop_assert!(validate("TOKEN_USAGE", &bad).is_err());
-        bad["input_tokens"] = json!(shared::events::MAX_TOKENS + 1 + input);
+        bad["input_tokens"] = json!(rig_events::MAX_TOKENS + 1 + input);
         prop_assert!(validate("TOKEN_USAGE", &bad).is_err());
     }
 }

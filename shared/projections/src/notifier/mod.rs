@@ -6,9 +6,12 @@
 //! the commit is durable (a message owed to people is not lost in a Postgres crash). Delivery is
 //! the sender's job; the projection wakes it after each commit that added rows.
 
-use crate::render::{self, IssueContext};
-use shared::consumer::{ApplyError, ConsumerInfo, Projection, NOTIFIER};
-use shared::events::StoredEvent;
+pub mod render;
+
+use crate::NOTIFIER;
+use render::IssueContext;
+use rig_consumer::{ApplyError, ConsumerInfo, Projection};
+use rig_events::StoredEvent;
 use sqlx::PgConnection;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// Channel of the one NOTIFY each committed append transaction sends (payload: last position).
 pub const EVENTS_CHANNEL: &str = "rig_events";
