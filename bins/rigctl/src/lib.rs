@@ -194,3 +194,21 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     })?;
     Ok(pool)
 }
+
+/// Builds the workspace binaries `stale` under `cargo run`, named together with rigctl itself.
+/// Cargo resolves each dependency's features from the packages one build names, so building
+/// the workers alone would compile much of the dependency tree a second time with another
+/// feature set. Named with rigctl, whose dependencies cover the workers' with the same
+/// features (see its Cargo.toml), the resolution is the one `cargo run -p rigctl` made, and
+/// only the workers' own crates compile: a newcomer's first `up --demo` builds the tree once.
+pub(crate) fn build_with_rigctl(
+    cargo: &str,
+    dir: &std::path::Path,
+    stale: &[&str],
+    quiet: bool,
+    cwd: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let mut names = stale.to_vec();
+    names.push("rigctl");
+    rig_ops::process::cargo_build(cargo, dir, &names, quiet, cwd)
+}

@@ -139,7 +139,7 @@ fn build_missing(lines: &[ProcLine]) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("building {} …", packages.join(", "));
-    process::cargo_build(&cargo, &dir, &packages, false, None).context("build the workers")
+    crate::build_with_rigctl(&cargo, &dir, &packages, false, None).context("build the workers")
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {

@@ -26,7 +26,7 @@ pub(super) fn ensure_built(dir: &Path, bins: &[&str]) -> anyhow::Result<()> {
         );
     };
     progress(&format!("building {} …", stale.join(", ")));
-    process::cargo_build(&cargo, dir, &stale, true, Some(Path::new(env!("CARGO_MANIFEST_DIR"))))
+    crate::build_with_rigctl(&cargo, dir, &stale, true, Some(Path::new(env!("CARGO_MANIFEST_DIR"))))
 }
 
 /// A temporary directory for the workers' configuration and logs, removed on drop.
