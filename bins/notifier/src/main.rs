@@ -12,7 +12,6 @@ mod sender;
 rig_ops::service_allocator!();
 
 use anyhow::bail;
-use rig_consumer::{Consumer, ConsumerConfig};
 use rig_ops::telemetry::PrometheusHandle;
 use rig_ops::Settings;
 use secrecy::ExposeSecret;
@@ -35,33 +34,32 @@ async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: Cancellati
              notifier.dry_run = true (RIG_NOTIFIER__DRY_RUN=true) to log the messages instead"
         ),
     };
-    let (pool, server) = rig_ops::http::start_worker(
-        "rig-notifier",
-        settings.database_url_for(rig_log::roles::Role::Notifier).expose(),
-        POOL_SIZE,
-        n.metrics_listen,
-        metrics,
-        &shutdown,
-    )
-    .await?;
-    tracing::info!(events = ?n.events, dry_run = n.dry_run, "rig-notifier notifies of these events");
-    if n.dry_run {
-        tracing::warn!("notifier.dry_run = true: messages are logged, not posted");
-    }
-    let wake = Arc::new(Notify::new());
-    let consumer = Consumer::new(
-        pool.clone(),
-        rig_projections::notifier::OutboxProjection::new(&n.events, wake.clone()),
-        ConsumerConfig::from_settings(&settings.consumer),
-    );
-    let sender = sender::Sender::new(pool, webhook, n.dry_run, wake, settings.consumer.poll_interval)?;
-    let send_task = tokio::spawn(sender.run(consumer.active_watch(), shutdown.clone()));
-    let result = consumer.run(shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = send_task.await;
-    let _ = server.await;
-    tracing::info!("rig-notifier stopped");
-    result
+    let worker = rig_consumer::Worker {
+        name: "rig-notifier",
+        settings: &settings,
+        pool_size: POOL_SIZE,
+        listen: n.metrics_listen,
+    };
+    rig_consumer::run_worker(worker, metrics, shutdown, |pool| {
+        tracing::info!(events = ?n.events, dry_run = n.dry_run, "rig-notifier notifies of these events");
+        if n.dry_run {
+            tracing::warn!("notifier.dry_run = true: messages are logged, not posted");
+        }
+        let wake = Arc::new(Notify::new());
+        let sender = sender::Sender::new(
+            pool.clone(),
+            webhook,
+            n.dry_run,
+            wake.clone(),
+            settings.consumer.poll_interval,
+        )?;
+        let outbox = rig_projections::notifier::OutboxProjection::new(&n.events, wake);
+        Ok((
+            outbox,
+            rig_consumer::companion(move |active, shutdown| sender.run(active, shutdown)),
+        ))
+    })
+    .await
 }
 
 fn main() -> std::process::ExitCode {

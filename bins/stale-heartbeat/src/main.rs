@@ -10,7 +10,6 @@ mod checker;
 
 rig_ops::service_allocator!();
 
-use rig_consumer::{Consumer, ConsumerConfig};
 use rig_ops::telemetry::PrometheusHandle;
 use rig_ops::Settings;
 use tokio_util::sync::CancellationToken;
@@ -20,33 +19,20 @@ const POOL_SIZE: u32 = 5;
 
 /// Serves the ops endpoints, tails the log and checks for stale issues until `shutdown`.
 async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (pool, server) = rig_ops::http::start_worker(
-        "rig-stale-heartbeat",
-        settings.database_url_for(rig_log::roles::Role::StaleHeartbeat).expose(),
-        POOL_SIZE,
-        settings.stale_heartbeat.metrics_listen,
-        metrics,
-        &shutdown,
-    )
-    .await?;
-    tracing::info!(
-        threshold = ?settings.stale_heartbeat.threshold, check_interval = ?settings.stale_heartbeat.check_interval,
-        "rig-stale-heartbeat checking for silent agents"
-    );
-    let checker = checker::Checker::new(pool.clone(), &settings.stale_heartbeat)?;
-    let consumer = Consumer::new(
-        pool,
-        rig_projections::stale_heartbeat::StaleHeartbeatProjection,
-        ConsumerConfig::from_settings(&settings.consumer),
-    );
-    let check_task = tokio::spawn(checker.run(consumer.active_watch(), shutdown.clone()));
-    let result = consumer.run(shutdown.clone()).await;
-    // The checker follows the consumer: if the consumer stopped on its own, stop it too.
-    shutdown.cancel();
-    let _ = check_task.await;
-    let _ = server.await;
-    tracing::info!("rig-stale-heartbeat stopped");
-    result
+    let worker = rig_consumer::Worker {
+        name: "rig-stale-heartbeat",
+        settings: &settings,
+        pool_size: POOL_SIZE,
+        listen: settings.stale_heartbeat.metrics_listen,
+    };
+    rig_consumer::run_worker(worker, metrics, shutdown, |pool| {
+        let s = &settings.stale_heartbeat;
+        tracing::info!(threshold = ?s.threshold, check_interval = ?s.check_interval, "rig-stale-heartbeat checking for silent agents");
+        let checker = checker::Checker::new(pool.clone(), s)?;
+        let projection = rig_projections::stale_heartbeat::StaleHeartbeatProjection;
+        Ok((projection, rig_consumer::companion(move |active, shutdown| checker.run(active, shutdown))))
+    })
+    .await
 }
 
 fn main() -> std::process::ExitCode {

@@ -37,6 +37,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+mod worker;
+pub use worker::{companion, run_projection, run_worker, Companion, Worker};
+
 /// Where a consumer without a checkpoint (or after a reset) starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartFrom {
@@ -1087,26 +1090,4 @@ pub async fn status(pool: &PgPool, known: &[ConsumerInfo]) -> Result<Vec<Consume
         });
     }
     Ok(out)
-}
-
-/// A worker that is one projection and nothing else (token-projector, cost-projector): start,
-/// run the consumer until `shutdown` or a fatal error, then stop the endpoints with it.
-pub async fn run_projection<P: crate::Projection>(
-    name: &str,
-    settings: &rig_ops::Settings,
-    pool_size: u32,
-    listen: std::net::SocketAddr,
-    projection: P,
-    metrics: rig_ops::telemetry::PrometheusHandle,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
-    // Each projector connects as its own role (see `roles`), named after its binary.
-    let url = rig_log::roles::Role::for_binary(name).map_or(&settings.database_url, |r| settings.database_url_for(r));
-    let (pool, server) = rig_ops::http::start_worker(name, url.expose(), pool_size, listen, metrics, &shutdown).await?;
-    let cfg = crate::ConsumerConfig::from_settings(&settings.consumer);
-    let result = crate::Consumer::new(pool, projection, cfg).run(shutdown.clone()).await;
-    // The server stops with the consumer, whichever way it ended.
-    shutdown.cancel();
-    server.await?;
-    result
 }

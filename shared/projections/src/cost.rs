@@ -176,15 +176,11 @@ impl Projection for CostProjection {
 /// Serves the operations endpoints and runs the consumer (active or hot standby) until `shutdown`.
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
     let projection = CostProjection::new(PriceTable::new(&settings.prices));
-    let listen = settings.cost_projector.metrics_listen;
-    rig_consumer::run_projection(
-        "rig-cost-projector",
-        &settings,
-        POOL_SIZE,
-        listen,
-        projection,
-        metrics,
-        shutdown,
-    )
-    .await
+    let worker = rig_consumer::Worker {
+        name: "rig-cost-projector",
+        settings: &settings,
+        pool_size: POOL_SIZE,
+        listen: settings.cost_projector.metrics_listen,
+    };
+    rig_consumer::run_projection(worker, projection, metrics, shutdown).await
 }

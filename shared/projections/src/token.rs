@@ -139,15 +139,11 @@ impl Projection for TokenProjection {
 /// Serves the operations endpoints and runs the consumer (active or hot standby) until `shutdown`.
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
     let projection = TokenProjection::new(PriceTable::new(&settings.prices));
-    let listen = settings.token_projector.metrics_listen;
-    rig_consumer::run_projection(
-        "rig-token-projector",
-        &settings,
-        POOL_SIZE,
-        listen,
-        projection,
-        metrics,
-        shutdown,
-    )
-    .await
+    let worker = rig_consumer::Worker {
+        name: "rig-token-projector",
+        settings: &settings,
+        pool_size: POOL_SIZE,
+        listen: settings.token_projector.metrics_listen,
+    };
+    rig_consumer::run_projection(worker, projection, metrics, shutdown).await
 }
