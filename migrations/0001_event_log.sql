@@ -1,6 +1,7 @@
 -- The event log: one append-only table. Only rig-ingest inserts into it, and every append
--- transaction first takes the advisory lock `events_append_lock` (see bins/ingest/src/writer.rs),
--- so commit order equals position order and readers may use a plain `position > checkpoint`.
+-- transaction first takes one transaction-scoped advisory lock (key `APPEND_LOCK_KEY` of rig-log,
+-- taken by `rig_append_begin`), so commit order equals position order and readers may use a
+-- plain `position > checkpoint` (the argument: docs/invariants.md, "No skip").
 
 CREATE TABLE events (
     position        bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -1,4 +1,4 @@
--- The start of every append transaction (bins/ingest/src/writer.rs): take the append lock, THEN
+-- The start of every append transaction (the writer, in rig-log): take the append lock, THEN
 -- read everything the batch is judged against, returned as one jsonb. The writer sends it in the
 -- same round trip as BEGIN: under load every round trip costs a scheduling delay on each side,
 -- and the append rate is bounded by how long the lock holder takes.
@@ -26,7 +26,7 @@ DECLARE
     result json;
 BEGIN
     -- The commit then releases the lock without waiting for its fsync; the writer waits for
-    -- durability after the commit, before answering anyone (`end` in writer.rs).
+    -- durability after the commit, before answering anyone (its flusher; docs/invariants.md).
     PERFORM set_config('synchronous_commit', 'off', true);
     PERFORM pg_advisory_xact_lock(lock_key);
     SELECT coalesce(json_agg(i), '[]'), coalesce(array_agg(i.stream_id), '{}')

@@ -19,7 +19,7 @@ DECLARE
     result json;
 BEGIN
     -- The commit then releases the lock without waiting for its fsync; the writer answers no
-    -- one before the WAL is flushed (`flusher_loop` in writer.rs).
+    -- one before the WAL is flushed (its flusher; docs/invariants.md).
     PERFORM set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(lock_key);
     -- A new statement, so a new snapshot: it sees every append committed before the lock was
     -- granted.

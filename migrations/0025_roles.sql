@@ -1,5 +1,5 @@
 -- Least privilege: what each process's role may do in this database. The roles themselves belong
--- to the server and are created by `rigctl migrate` before the migrations run (shared/src/roles.rs).
+-- to the server and are created by `rigctl migrate` before the migrations run (rig_log::roles).
 -- The role running the migrations owns every table and keeps all of its rights; no other role owns
 -- anything, so none can ALTER a table or disable the append-only triggers of `events`.
 --

@@ -5,8 +5,8 @@
 //!   transaction. The checkpoint row is locked `FOR UPDATE` first and written back as a
 //!   compare-and-set on `(position, epoch)`, so a second instance that sneaks in (or a reset that
 //!   lands meanwhile) makes the batch roll back instead of applying twice. Reading with a plain
-//!   `position > checkpoint` is safe because ingest commits appends in position order (see
-//!   `bins/ingest/src/writer.rs`).
+//!   `position > checkpoint` is safe because ingest commits appends in position order (the
+//!   argument, with its code and tests: `docs/invariants.md`).
 //! - **One active instance per name.** A session advisory lock, held on a dedicated connection;
 //!   other replicas wait as hot standbys and take over when it is released (process death closes
 //!   the connection). `rig_consumer_active` says which instance works.

@@ -53,8 +53,22 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Migrations whose comments were reworded after release: (version, SHA-384 of the text as first
 /// applied). The SQL is unchanged, but the migrator compares checksums of the whole file and would
-/// refuse a database that applied the earlier text.
+/// refuse a database that applied the earlier text. (In 0021 and 0022 the comments are inside the
+/// function's body: such a database keeps the earlier comments in its copy of the function, which
+/// does the same.)
 const REWORDED: &[(i64, &str)] = &[
+    (
+        1,
+        "2247f979baa1656531c2c22541caf1486b13a3d8346fea76ada396a7dc9519bc933572767e678c48fb9ce61997166df0",
+    ),
+    (
+        21,
+        "54deb5aa168bd01343c910cf2a8403c7111bb48147bb380b7d20e2210a67eec061e80bc622770275226c3376da513555",
+    ),
+    (
+        22,
+        "df875bf693620ce59abb4f265a3ecd9247e55bf8adda8efce32fb014a6074946b96b435c56e73c3d53c6c6556e332b74",
+    ),
     (
         23,
         "7058319dc75d18a2e9323d2dd8b971ae2d2468ada2899af5e6bb6fa9b636c831f2905c1a00902d0d9bebc86b6940ef2b",
@@ -62,6 +76,10 @@ const REWORDED: &[(i64, &str)] = &[
     (
         24,
         "d488ce63447b395e34b23315ef575ccf17ff79f7bd4448cb276119653b0a46ea2127c649212d9cc38278b151cf53f753",
+    ),
+    (
+        25,
+        "f7a68f3f7f424741f261a4ca2ecc8ccd7e7ff10a572c5e4e860644f1d967e81a29a1cdbfb0fdea232ac4155d94f795da",
     ),
 ];
 
