@@ -3,7 +3,7 @@
 //! Ingest commits with `synchronous_commit = off` (so the append lock is released before the
 //! fsync) and answers only after a separate flush (`flusher_loop` in bins/ingest/src/writer.rs).
 //! The whole-system fault test crashes Postgres once at a random moment, which catches a missing
-//! flush only by luck: the other workers' synchronous commits flush the WAL all the time. Here
+//! flush only by luck: the notifier's durable commits flush the WAL now and then. Here
 //! nothing else commits and the WAL writer is slowed to 10 s, so a commit that was answered
 //! before it was flushed would still sit in Postgres' WAL buffers when the test crashes the
 //! server right after the answer, and would be lost.

@@ -1,6 +1,6 @@
 //! The operator's commands as a script or a person runs them: the real `rigctl`
 //! binary against a real database, its stdout, stderr and exit code. `stream` (with time
-//! travel), `issues`, `consumers --json` (exactly the keys the spec names), `reset`, and `skip`
+//! travel), `issues`, `consumers --json` (exactly the keys scripts rely on), `reset`, and `skip`
 //! (only ever the consumer's next event, dead-lettered); bad input exits non-zero with a message
 //! and changes nothing.
 #![allow(clippy::unwrap_used)]

@@ -441,7 +441,7 @@ pub fn check_exposure(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects, migrates, serves until `shutdown`.
+/// Connects, checks that the schema is migrated, serves until `shutdown`.
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
     check_exposure(&settings)?;
     let opts = rig_log::db::connect_options(settings.database_url_for(rig_log::roles::Role::Ingest).expose())?
