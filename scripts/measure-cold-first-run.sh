@@ -5,6 +5,9 @@
 # compiled, and how many of them more than once (a second feature set).
 #
 #   scripts/measure-cold-first-run.sh [commit]        (default: HEAD)
+#
+# PORT_OFFSET=1000 moves every listening port (ingest 8080, metrics 9102-9105) up by that much,
+# so that two runs (two commits under the same load) can be measured side by side.
 set -euo pipefail
 commit=${1:-HEAD}
 repo=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
@@ -16,6 +19,14 @@ db=cold_run_$$
 psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $db" >/dev/null
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 export CARGO_TARGET_DIR="$work/target"
+if [ -n "${PORT_OFFSET:-}" ]; then
+  export RIG_INGEST__LISTEN=127.0.0.1:$((8080 + PORT_OFFSET))
+  export RIG_STALE_HEARTBEAT__INGEST_URL=http://127.0.0.1:$((8080 + PORT_OFFSET))
+  export RIG_STALE_HEARTBEAT__METRICS_LISTEN=127.0.0.1:$((9102 + PORT_OFFSET))
+  export RIG_COST_PROJECTOR__METRICS_LISTEN=127.0.0.1:$((9103 + PORT_OFFSET))
+  export RIG_TOKEN_PROJECTOR__METRICS_LISTEN=127.0.0.1:$((9104 + PORT_OFFSET))
+  export RIG_NOTIFIER__METRICS_LISTEN=127.0.0.1:$((9105 + PORT_OFFSET))
+fi
 cd "$work/src"
 start=$(date +%s.%N)
 set -m
@@ -30,4 +41,4 @@ compiled=$(grep -c "^ *Compiling " "$work/out" || true)
 distinct=$(grep "^ *Compiling " "$work/out" | awk '{print $2" "$3}' | sort -u | wc -l)
 twice=$(grep "^ *Compiling " "$work/out" | awk '{print $2" "$3}' | sort | uniq -d | wc -l)
 printf '{"commit":"%s","seconds_to_up":%.1f,"compile_units":%d,"distinct_crates":%d,"crates_compiled_twice":%d}\n' \
-  "$(git rev-parse --short HEAD)" "$(echo "$end - $start" | bc)" "$compiled" "$distinct" "$twice"
+  "$(git -C "$work/src" rev-parse --short HEAD)" "$(echo "$end - $start" | bc)" "$compiled" "$distinct" "$twice"

@@ -662,11 +662,24 @@ pub struct UsageQuery {
     offset: Option<String>,
 }
 
+/// A row of `token_usage`.
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct UsageRow {
     pub stream_id: String,
     pub agent_id: String,
     pub model: String,
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub sums: UsageSums,
+}
+
+/// The columns of `token_usage` as `UsageRow` reads them.
+const USAGE_COLUMNS: &str = "stream_id, agent_id, model, input_tokens, output_tokens, cache_read_tokens, \
+     cache_write_tokens, cost_usd::text AS cost_usd, events";
+
+/// The summed columns `token_usage` and `daily_cost` share, and the total of an answer's rows.
+#[derive(Debug, Default, Serialize, sqlx::FromRow)]
+pub struct UsageSums {
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cache_read_tokens: i64,
@@ -679,20 +692,18 @@ pub struct UsageRow {
     pub events: i64,
 }
 
-/// The columns of `token_usage` as `UsageRow` reads them.
-const USAGE_COLUMNS: &str = "stream_id, agent_id, model, input_tokens, output_tokens, cache_read_tokens, \
-     cache_write_tokens, cost_usd::text AS cost_usd, events";
-
-/// The sums of the usage rows an answer lists.
-#[derive(Debug, Default, Serialize)]
-pub struct UsageTotal {
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub cache_read_tokens: i64,
-    pub cache_write_tokens: i64,
-    #[serde(serialize_with = "rig_events::money::serialize_exact")]
-    pub cost_usd: Decimal,
-    pub events: i64,
+impl UsageSums {
+    /// `self + other`, every sum checked: `None` when one outgrows its type.
+    fn checked_add(&self, o: &UsageSums) -> Option<UsageSums> {
+        Some(UsageSums {
+            input_tokens: self.input_tokens.checked_add(o.input_tokens)?,
+            output_tokens: self.output_tokens.checked_add(o.output_tokens)?,
+            cache_read_tokens: self.cache_read_tokens.checked_add(o.cache_read_tokens)?,
+            cache_write_tokens: self.cache_write_tokens.checked_add(o.cache_write_tokens)?,
+            cost_usd: self.cost_usd.checked_add(o.cost_usd)?,
+            events: self.events.checked_add(o.events)?,
+        })
+    }
 }
 
 /// Money stays exact only if the answer is written straight to JSON (see
@@ -700,24 +711,10 @@ pub struct UsageTotal {
 #[derive(Serialize)]
 struct UsageAnswer {
     usage: Vec<UsageRow>,
-    total: UsageTotal,
+    total: UsageSums,
     /// The `offset` of the next page, when more rows follow.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_offset: Option<i64>,
-}
-
-/// The sums of `rows`, every one checked: `None` when one outgrows its type.
-fn usage_total(rows: &[UsageRow]) -> Option<UsageTotal> {
-    rows.iter().try_fold(UsageTotal::default(), |t, r| {
-        Some(UsageTotal {
-            input_tokens: t.input_tokens.checked_add(r.input_tokens)?,
-            output_tokens: t.output_tokens.checked_add(r.output_tokens)?,
-            cache_read_tokens: t.cache_read_tokens.checked_add(r.cache_read_tokens)?,
-            cache_write_tokens: t.cache_write_tokens.checked_add(r.cache_write_tokens)?,
-            cost_usd: t.cost_usd.checked_add(r.cost_usd)?,
-            events: t.events.checked_add(r.events)?,
-        })
-    })
 }
 
 /// `GET /v1/usage?stream_id=…|agent_id=…&limit=…&offset=…`: token usage (token-projector's
@@ -739,9 +736,14 @@ pub async fn usage(State(state): State<AppState>, ApiQuery(q): ApiQuery<UsageQue
     .fetch_all(&state.read_pool)
     .await?;
     let next_offset = cut_page(&mut rows, limit, offset);
-    let total = usage_total(&rows).ok_or_else(|| {
-        ApiError::Internal("the usage rows add up to more than a total can hold; the stored sums need repair".into())
-    })?;
+    let total = rows
+        .iter()
+        .try_fold(UsageSums::default(), |t, r| t.checked_add(&r.sums))
+        .ok_or_else(|| {
+            ApiError::Internal(
+                "the usage rows add up to more than a total can hold; the stored sums need repair".into(),
+            )
+        })?;
     Ok(Json(UsageAnswer {
         usage: rows,
         total,
@@ -758,20 +760,16 @@ pub struct CostQuery {
     offset: Option<String>,
 }
 
+/// A row of `daily_cost`.
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct DailyCostRow {
     pub day: NaiveDate,
     pub repo: String,
     pub agent_id: String,
     pub model: String,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub cache_read_tokens: i64,
-    pub cache_write_tokens: i64,
-    #[serde(serialize_with = "rig_events::money::serialize_exact")]
-    #[sqlx(try_from = "rig_events::money::NumericText")]
-    pub cost_usd: Decimal,
-    pub events: i64,
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub sums: UsageSums,
     pub unpriced_events: i64,
 }
 
@@ -808,7 +806,7 @@ pub async fn daily_costs(
     .fetch_all(&state.read_pool)
     .await?;
     let next_offset = cut_page(&mut rows, limit, offset);
-    let total_cost_usd = rig_events::money::checked_sum(rows.iter().map(|r| r.cost_usd)).ok_or_else(|| {
+    let total_cost_usd = rig_events::money::checked_sum(rows.iter().map(|r| r.sums.cost_usd)).ok_or_else(|| {
         ApiError::Internal("the daily costs add up to more than a total can hold; the stored sums need repair".into())
     })?;
     Ok(Json(DailyCostAnswer {

@@ -154,21 +154,7 @@ impl PrivateCluster {
             "initdb",
             &["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D", path_str(&data)?],
         )?;
-        let opts = cluster.server_options()?;
-        let log = dir.join("postgres.log");
-        cluster.run(
-            "pg_ctl",
-            &[
-                "-D",
-                path_str(&data)?,
-                "-o",
-                &opts,
-                "-l",
-                path_str(&log)?,
-                "-w",
-                "start",
-            ],
-        )?;
+        cluster.pg_ctl(&["-w", "start"])?;
         Ok(cluster)
     }
 
@@ -178,26 +164,19 @@ impl PrivateCluster {
     /// of the database alone. Returns once the server accepts connections again, on the same
     /// port and options. For fault tests; nobody else should share a cluster that gets crashed.
     pub fn crash_and_restart(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&["-m", "immediate", "-w", "restart"])
+    }
+
+    /// `pg_ctl` on this cluster's data directory, with its server options and log, then `action`.
+    fn pg_ctl(&self, action: &[&str]) -> anyhow::Result<()> {
         let data = self.dir.join("data");
         let opts = self.server_options()?;
         let log = self.dir.join("postgres.log");
-        // `-l` matters beyond the log: without it the new server would inherit our output pipes
-        // and `run` would wait for it to exit.
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                path_str(&data)?,
-                "-o",
-                &opts,
-                "-l",
-                path_str(&log)?,
-                "-m",
-                "immediate",
-                "-w",
-                "restart",
-            ],
-        )
+        // `-l` matters beyond the log: without it the server would inherit our output pipes and
+        // `run` would wait for it to exit.
+        let mut args = vec!["-D", path_str(&data)?, "-o", &opts, "-l", path_str(&log)?];
+        args.extend_from_slice(action);
+        self.run("pg_ctl", &args)
     }
 
     /// The `postgres` options `pg_ctl -o` passes: the same at start and at every restart.
