@@ -1,7 +1,8 @@
 //! An append is answered only once its commit is on disk.
 //!
 //! Ingest commits with `synchronous_commit = off` (so the append lock is released before the
-//! fsync) and answers only after a separate flush (`flusher_loop` in bins/ingest/src/writer.rs).
+//! fsync) and answers only after a separate flush (`flusher_loop` in
+//! shared/log/src/writer/flusher.rs).
 //! The whole-system fault test crashes Postgres once at a random moment, which catches a missing
 //! flush only by luck: the notifier's durable commits flush the WAL now and then. Here
 //! nothing else commits and the WAL writer is slowed to 10 s, so a commit that was answered

@@ -7,7 +7,7 @@
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use rig_events::StreamId;
-use rig_ingest::writer::{Append, AppendError, AppendOk, NewEvent};
+use rig_log::writer::{Append, AppendError, AppendOk, NewEvent};
 use rig_tests::{wait_for, TestDb, TestIngest};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -506,7 +506,7 @@ async fn a_request_the_database_refuses_is_isolated_by_splitting_its_batch() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let writer = rig_ingest::Writer::spawn(db.pool.clone(), 128);
+    let writer = rig_log::writer::Writer::spawn(db.pool.clone(), 128);
 
     // Hold the append lock so that the requests queue up and are drained as ONE batch.
     let mut gate = db.pool.begin().await.unwrap();

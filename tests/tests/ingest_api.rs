@@ -622,7 +622,7 @@ async fn ops_endpoints_answer() {
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
 }
 
-/// The batch's agent ids travel to Postgres inside an SQL literal (writer.rs, `begin`): ids with
+/// The batch's agent ids travel to Postgres inside an SQL literal (writer/store.rs, `begin`): ids with
 /// quotes, backslashes and non-ASCII text must arrive intact and change nothing else.
 #[tokio::test]
 async fn agent_ids_with_quotes_and_backslashes_are_stored_as_sent() {

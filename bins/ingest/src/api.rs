@@ -1,7 +1,6 @@
 //! The native JSON API: append, stream reads with time travel, and the read models.
 
 use crate::error::ApiError;
-use crate::writer::{Append, AppendOk, NewEvent};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,6 +14,7 @@ use futures::TryStreamExt;
 use rig_events::fold::{IssueState, StreamFold};
 use rig_events::StreamId;
 use rig_events::{self as events, StoredEvent, EVENT_COLUMNS};
+use rig_log::writer::{Append, AppendOk, NewEvent};
 use rust_decimal::Decimal;
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};

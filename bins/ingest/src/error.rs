@@ -1,10 +1,10 @@
 //! Every error the API returns, mapped to its status code in one place. Bodies are JSON with an
 //! `error` code and a human `detail`; SQL text never reaches a client.
 
-use crate::writer::AppendError;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use rig_log::writer::AppendError;
 use serde_json::{json, Value};
 
 #[derive(Debug)]

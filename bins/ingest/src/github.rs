@@ -21,7 +21,6 @@
 
 use crate::api::{body_bytes, parse_json};
 use crate::error::ApiError;
-use crate::writer::{Append, AppendError, AppendOk, NewEvent};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -35,6 +34,7 @@ use regex::Regex;
 use rig_events as events;
 use rig_events::stream_id::MAX_ISSUE_NUMBER;
 use rig_events::StreamId;
+use rig_log::writer::{Append, AppendError, AppendOk, NewEvent};
 use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};

@@ -7,7 +7,6 @@ pub mod compat;
 pub mod dashboard;
 pub mod error;
 pub mod github;
-pub mod writer;
 
 use anyhow::bail;
 use axum::extract::{MatchedPath, Request, State};
@@ -25,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use writer::Writer;
+pub use rig_log::writer::Writer;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -3,7 +3,7 @@
 //! One copy serves two runners: `fuzz/fuzz_targets/*.rs` include this file by path (cargo fuzz,
 //! nightly, coverage-guided), and `tests/fuzz_stable.rs` feeds it proptest's inputs and the seed
 //! corpora on stable, so `cargo test` runs the same checks. It may use only what both have:
-//! rig-ingest, rig-events, axum, serde_json, hmac, sha2 and hex. Nothing here touches a database.
+//! rig-ingest, rig-events, rig-log, axum, serde_json, hmac, sha2 and hex. Nothing here touches a database.
 
 use axum::response::IntoResponse;
 use hmac::{Hmac, Mac};
@@ -14,7 +14,7 @@ use rig_ingest::api::{parse_append, parse_json, MAX_EVENTS_PER_REQUEST};
 use rig_ingest::compat;
 use rig_ingest::error::ApiError;
 use rig_ingest::github::{self, Plan};
-use rig_ingest::writer::Append;
+use rig_log::writer::Append;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::collections::{HashMap, HashSet};
