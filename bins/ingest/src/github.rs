@@ -927,7 +927,7 @@ mod tests {
     }
 
     #[test]
-    fn pull_request_reviews_and_ci_map_as_the_spec_says() {
+    fn pull_request_reviews_and_ci_map_to_their_events() {
         let pr = json!({"number": 5, "body": "Closes #12", "head": {"ref": "issue-12-x"},
                         "html_url": "https://github.com/acme/widgets/pull/5", "merged": true,
                         "merge_commit_sha": "abc", "merged_at": "2026-04-21T09:00:05Z"});

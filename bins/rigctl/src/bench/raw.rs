@@ -38,8 +38,8 @@ impl WalSyncs {
     /// What the WAL flushes between two snapshots say of `n` commits or requests (`per` names
     /// them). `pg_stat_wal` is cluster-wide and a backend reports to it about once a second, so
     /// this is approximate; it tells whether each commit paid for a flush of its own and what a
-    /// flush costs here, i.e. whether the autocommit baseline is bound by fsync (as on the spec's
-    /// reference machine) or by CPU.
+    /// flush costs here, i.e. whether the autocommit baseline is bound by fsync (as on a machine
+    /// with slow disks) or by CPU.
     pub(super) fn between(a: Option<WalSyncs>, b: Option<WalSyncs>, n: u64, per: &str, timed: bool) -> Value {
         let (Some(a), Some(b)) = (a, b) else {
             return Value::Null;
