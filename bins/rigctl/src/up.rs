@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use rig_log::roles::Role;
 use rig_ops::process::{self, Supervised};
+use rig_ops::Settings;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -161,21 +162,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     rig_log::db::migrate(&pool).await.context("apply migrations")?;
     println!("database {} is migrated", rig_ops::config::redact_url_password(&db_url));
 
-    let mut env: HashMap<String, String> = HashMap::new();
-    env.insert("DATABASE_URL".into(), db_url.clone());
-    let notifier_url = settings.notifier.discord_webhook_url.is_some();
-    if args.demo || !notifier_url {
-        env.insert("RIG_NOTIFIER__DRY_RUN".into(), "true".into());
-    }
-    let mut demo_prices = false;
-    if args.demo {
-        set_default(&mut env, "RIG_STALE_HEARTBEAT__THRESHOLD", "20s");
-        set_default(&mut env, "RIG_STALE_HEARTBEAT__CHECK_INTERVAL", "2s");
-        if settings.prices.is_empty() {
-            env.insert("RIG_PRICES".into(), DEMO_PRICES.into());
-            demo_prices = true;
-        }
-    }
+    let (env, demo_prices) = common_env(&args, &settings, &db_url);
 
     let mut running: Vec<Supervised> = Vec::new();
     let (line_tx, line_rx) = std::sync::mpsc::channel::<(String, String)>();
@@ -203,23 +190,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let mut demo = None;
-    if args.demo {
-        let mut command: Vec<String> = vec!["rigctl".into(), "simulate".into()];
-        for (flag, value) in [
-            ("--agents", args.demo_agents.to_string()),
-            ("--issues", args.demo_issues.to_string()),
-            ("--rate", args.demo_rate.to_string()),
-            ("--silent-agents", args.demo_silent_agents.to_string()),
-        ] {
-            command.push(flag.into());
-            command.push(value);
-        }
-        demo = Some(ProcLine {
-            name: "simulate".into(),
-            command,
-        });
-    }
+    let demo = args.demo.then(|| simulate_line(&args));
     std::thread::spawn(move || {
         for (name, line) in line_rx {
             println!("{name:>width$} | {line}");
@@ -268,21 +239,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        let mut finished = Vec::new();
-        for (i, r) in running.iter_mut().enumerate() {
-            if let Ok(Some(status)) = r.try_wait() {
-                if r.name() == "simulate" {
-                    // The simulated rig ends by itself; the system keeps running for a look around.
-                    println!("simulate finished ({status}); the system keeps running until Ctrl-C");
-                    finished.push(i);
-                    continue;
-                }
-                failed = Some(format!("{} exited ({status})", r.name()));
-            }
-        }
-        for i in finished.into_iter().rev() {
-            running.remove(i);
-        }
+        failed = reap(&mut running);
         if failed.is_some() {
             break;
         }
@@ -303,6 +260,66 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What every process gets in its environment: the database, the notifier in dry run unless a
+/// webhook is configured, and, for the demo, a quick stuck-agent watch and demo prices (when no
+/// prices are configured; the second value says so).
+fn common_env(args: &UpArgs, settings: &Settings, db_url: &str) -> (HashMap<String, String>, bool) {
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("DATABASE_URL".into(), db_url.to_owned());
+    if args.demo || settings.notifier.discord_webhook_url.is_none() {
+        env.insert("RIG_NOTIFIER__DRY_RUN".into(), "true".into());
+    }
+    let mut demo_prices = false;
+    if args.demo {
+        set_default(&mut env, "RIG_STALE_HEARTBEAT__THRESHOLD", "20s");
+        set_default(&mut env, "RIG_STALE_HEARTBEAT__CHECK_INTERVAL", "2s");
+        if settings.prices.is_empty() {
+            env.insert("RIG_PRICES".into(), DEMO_PRICES.into());
+            demo_prices = true;
+        }
+    }
+    (env, demo_prices)
+}
+
+/// The simulated rig of `--demo`, as if it were a line of the Procfile.
+fn simulate_line(args: &UpArgs) -> ProcLine {
+    let mut command: Vec<String> = vec!["rigctl".into(), "simulate".into()];
+    for (flag, value) in [
+        ("--agents", args.demo_agents.to_string()),
+        ("--issues", args.demo_issues.to_string()),
+        ("--rate", args.demo_rate.to_string()),
+        ("--silent-agents", args.demo_silent_agents.to_string()),
+    ] {
+        command.push(flag.into());
+        command.push(value);
+    }
+    ProcLine {
+        name: "simulate".into(),
+        command,
+    }
+}
+
+/// Forgets the processes that ended as they may (the simulated rig ends by itself; the system
+/// keeps running for a look around) and says which one ended when it should not have.
+fn reap(running: &mut Vec<Supervised>) -> Option<String> {
+    let mut failed = None;
+    let mut finished = Vec::new();
+    for (i, r) in running.iter_mut().enumerate() {
+        if let Ok(Some(status)) = r.try_wait() {
+            if r.name() == "simulate" {
+                println!("simulate finished ({status}); the system keeps running until Ctrl-C");
+                finished.push(i);
+                continue;
+            }
+            failed = Some(format!("{} exited ({status})", r.name()));
+        }
+    }
+    for i in finished.into_iter().rev() {
+        running.remove(i);
+    }
+    failed
 }
 
 fn set_default(env: &mut HashMap<String, String>, key: &str, value: &str) {
