@@ -37,8 +37,12 @@ while ! grep -q "rig-conductor is up" "$work/out" 2>/dev/null; do
   sleep 0.2
 done
 end=$(date +%s.%N)
+# What the workers' build (after rigctl's "building …" line) compiled: the workers' own crates,
+# the crates only they use, and any crate compiled again with another feature set.
+second=$(sed -n '/^building /,$p' "$work/out" | grep "^ *Compiling " | awk '{print $2}' | tr '\n' ' ')
 compiled=$(grep -c "^ *Compiling " "$work/out" || true)
 distinct=$(grep "^ *Compiling " "$work/out" | awk '{print $2" "$3}' | sort -u | wc -l)
-twice=$(grep "^ *Compiling " "$work/out" | awk '{print $2" "$3}' | sort | uniq -d | wc -l)
-printf '{"commit":"%s","seconds_to_up":%.1f,"compile_units":%d,"distinct_crates":%d,"crates_compiled_twice":%d}\n' \
-  "$(git -C "$work/src" rev-parse --short HEAD)" "$(echo "$end - $start" | bc)" "$compiled" "$distinct" "$twice"
+twice=$(grep "^ *Compiling " "$work/out" | awk '{print $2}' | sort | uniq -d | tr '\n' ' ')
+cp "$work/out" "/tmp/cold-first-run-$commit.log"
+printf '{"commit":"%s","seconds_to_up":%.1f,"compile_units":%d,"distinct_crates":%d,"compiled_twice":"%s","workers_build_compiled":"%s"}\n' \
+  "$(git -C "$work/src" rev-parse --short HEAD)" "$(echo "$end - $start" | bc)" "$compiled" "$distinct" "$twice" "$second"
