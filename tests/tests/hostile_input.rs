@@ -480,6 +480,7 @@ fn usage_append(stream: &str, data: Value) -> Append {
             event_type: "SOMETHING_NEW".into(),
             schema_version: 1,
             data,
+            event: rig_events::Event::Other,
             metadata: json!({}),
             occurred_at: None,
         }],

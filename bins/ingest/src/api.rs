@@ -257,7 +257,16 @@ fn parse_event(e: Value) -> Result<NewEvent, String> {
         Some(m @ Value::Object(_)) => m,
         Some(_) => return Err("metadata must be a JSON object".into()),
     };
-    events::validate_event(&event_type, &data, &metadata)?;
+    // Read before the data (its reading depends on it), refused in its turn after it.
+    let schema_version = match o.remove("schema_version") {
+        None | Some(Value::Null) => Ok(1),
+        Some(v) => v
+            .as_i64()
+            .filter(|n| (1..=i64::from(i32::MAX)).contains(n))
+            .map(|n| n as i32)
+            .ok_or("schema_version must be an integer >= 1"),
+    };
+    let event = events::validate_event(&event_type, schema_version.unwrap_or(1), &data, &metadata)?.into_owned();
     let (event_id, id_from_client) = match o.remove("id") {
         // Time-ordered (v7): consecutive appends then land on the same few pages of the
         // event_id index instead of one random page each.
@@ -282,13 +291,7 @@ fn parse_event(e: Value) -> Result<NewEvent, String> {
         ),
         Some(_) => return Err("occurred_at must be an RFC 3339 string".into()),
     };
-    let schema_version = match o.remove("schema_version") {
-        None | Some(Value::Null) => 1,
-        Some(v) => v
-            .as_i64()
-            .filter(|n| (1..=i64::from(i32::MAX)).contains(n))
-            .ok_or("schema_version must be an integer >= 1")? as i32,
-    };
+    let schema_version = schema_version?;
     // A misspelt `id` (`event_id`, say) would silently cost the client its idempotent retries.
     if let Some(k) = o.keys().next() {
         let hint = if k == "event_id" {
@@ -307,6 +310,7 @@ fn parse_event(e: Value) -> Result<NewEvent, String> {
         event_type,
         schema_version,
         data,
+        event,
         metadata,
         occurred_at,
     })

@@ -682,8 +682,9 @@ async fn handle_delivery(
             data.entry("pr_number").or_insert(json!(pr));
         }
         let data = Value::Object(data);
-        events::validate_event(draft.event_type, &data, &metadata)
-            .map_err(|detail| ApiError::InvalidRequest(format!("the payload maps to an invalid event: {detail}")))?;
+        let event = events::validate_event(draft.event_type, 1, &data, &metadata)
+            .map_err(|detail| ApiError::InvalidRequest(format!("the payload maps to an invalid event: {detail}")))?
+            .into_owned();
         let append = Append {
             stream: stream.clone(),
             expected_version: None,
@@ -693,6 +694,7 @@ async fn handle_delivery(
                 event_type: draft.event_type.to_owned(),
                 schema_version: 1,
                 data,
+                event,
                 metadata: metadata.clone(),
                 occurred_at: draft.occurred_at,
             }],

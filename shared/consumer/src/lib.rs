@@ -215,7 +215,7 @@ impl Drop for Reader {
 
 /// Columns read for projections with `lean_events`, in the order `decode_event` expects.
 /// `data` comes as text, unparsed, in `StoredEvent::data_text`.
-const LEAN_COLUMNS: &str = "position, stream_id, event_type, data::text, occurred_at, recorded_at";
+const LEAN_COLUMNS: &str = "position, stream_id, event_type, schema_version, data::text, occurred_at, recorded_at";
 
 /// Decodes a row of `EVENT_COLUMNS` (or `LEAN_COLUMNS`) by index: no lookups by name per row.
 fn decode_event(row: &PgRow, lean: bool) -> Result<StoredEvent, sqlx::Error> {
@@ -226,12 +226,13 @@ fn decode_event(row: &PgRow, lean: bool) -> Result<StoredEvent, sqlx::Error> {
             version: 0,
             event_id: uuid::Uuid::nil(),
             event_type: row.try_get(2)?,
-            schema_version: 0,
+            // The reading of `data` depends on it (`rig_events::Event::parse`).
+            schema_version: row.try_get(3)?,
             data: serde_json::Value::Null,
             metadata: serde_json::Value::Null,
-            occurred_at: row.try_get(4)?,
-            recorded_at: row.try_get(5)?,
-            data_text: Some(row.try_get(3)?),
+            occurred_at: row.try_get(5)?,
+            recorded_at: row.try_get(6)?,
+            data_text: Some(row.try_get(4)?),
         });
     }
     Ok(StoredEvent {

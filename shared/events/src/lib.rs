@@ -1,6 +1,7 @@
-//! The event catalog: which types exist, which `data` fields each requires, and
-//! validation that says precisely what is wrong. Unknown UPPER_SNAKE types are accepted as
-//! they are: the rig adds types over time and projections ignore what they do not know.
+//! The events of the log: the catalog (`catalog`: each type declared once, with its typed
+//! struct, its `EventType` and `Event` variants and the fields it requires) and validation that
+//! says precisely what is wrong. Unknown UPPER_SNAKE types are accepted as they are: the rig
+//! adds types over time and projections ignore what they do not know.
 //!
 //! Every string of an event is checked before anything is written (`validate_event`), whatever
 //! the route it came by (native append, compat body, GitHub webhook). The rules, in one place:
@@ -17,11 +18,13 @@
 //!
 //! A refusal names the field by its path (`data.title`, `metadata.trace`, `data.x[1].y`).
 
+pub mod catalog;
 pub mod fold;
 pub mod money;
 pub mod stream_id;
 pub mod usage;
 
+pub use catalog::*;
 pub use stream_id::StreamId;
 
 use chrono::{DateTime, Utc};
@@ -29,25 +32,6 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
-
-pub const ISSUE_APPROVED: &str = "ISSUE_APPROVED";
-pub const ISSUE_ASSIGNED: &str = "ISSUE_ASSIGNED";
-pub const ISSUE_UNASSIGNED: &str = "ISSUE_UNASSIGNED";
-pub const WORK_STARTED: &str = "WORK_STARTED";
-pub const HEARTBEAT: &str = "HEARTBEAT";
-pub const AGENT_STUCK: &str = "AGENT_STUCK";
-pub const BRANCH_CREATED: &str = "BRANCH_CREATED";
-pub const PR_CREATED: &str = "PR_CREATED";
-pub const CI_PASSED: &str = "CI_PASSED";
-pub const CI_FAILED: &str = "CI_FAILED";
-pub const REVIEW_ASSIGNED: &str = "REVIEW_ASSIGNED";
-pub const REVIEW_PASSED: &str = "REVIEW_PASSED";
-pub const REVIEW_DISPUTED: &str = "REVIEW_DISPUTED";
-pub const HUMAN_GATE_TRIGGERED: &str = "HUMAN_GATE_TRIGGERED";
-pub const ESCALATED: &str = "ESCALATED";
-pub const MERGED: &str = "MERGED";
-pub const ISSUE_DONE: &str = "ISSUE_DONE";
-pub const TOKEN_USAGE: &str = "TOKEN_USAGE";
 
 /// Most tokens one TOKEN_USAGE event may report for one kind: a trillion, far above any model
 /// call, and low enough that the projectors' bigint sums cannot overflow before millions of such
@@ -80,133 +64,9 @@ pub const ID_FIELDS: &[&str] = &[
     "source",
 ];
 
-/// The JSON type a `data` field must have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// A non-empty string.
-    Str,
-    /// An integer ≥ 0 that fits a bigint.
-    Count,
-    /// A token count: an integer from 0 to [`MAX_TOKENS`].
-    Tokens,
-    /// An integer ≥ 1.
-    PositiveInt,
-    /// A number ≥ 0.
-    NonNegNumber,
-    /// A decimal amount ≥ 0: a JSON number or a string such as `"0.30"`.
-    Money,
-    /// An RFC 3339 timestamp string.
-    Timestamp,
-    /// A string or an integer.
-    StrOrInt,
-    /// An array of anything.
-    Array,
-    /// Any JSON value.
-    Any,
-}
-
-impl Kind {
-    fn expected(self) -> &'static str {
-        match self {
-            Kind::Str => "a non-empty string",
-            Kind::Count => "an integer from 0 to 9223372036854775807",
-            Kind::Tokens => "an integer from 0 to 1000000000000",
-            Kind::PositiveInt => "an integer >= 1",
-            Kind::NonNegNumber => "a number >= 0",
-            Kind::Money => "a decimal amount from 0 to 1000000 (a number or a string like \"0.30\")",
-            Kind::Timestamp => "an RFC 3339 timestamp string",
-            Kind::StrOrInt => "a string or an integer",
-            Kind::Array => "an array",
-            Kind::Any => "any value",
-        }
-    }
-
-    fn accepts(self, v: &Value) -> bool {
-        match self {
-            Kind::Str => v.as_str().is_some_and(|s| !s.is_empty()),
-            // What the projectors read back as a bigint: a larger number would be stored and then
-            // stop them as a poison event.
-            Kind::Count => v.as_i64().is_some_and(|n| n >= 0),
-            Kind::Tokens => v.as_i64().is_some_and(|n| (0..=MAX_TOKENS).contains(&n)),
-            Kind::PositiveInt => v.as_u64().is_some_and(|n| n >= 1 && n <= i64::MAX as u64),
-            Kind::NonNegNumber => v.as_f64().is_some_and(|n| n >= 0.0 && n.is_finite()),
-            Kind::Money => {
-                crate::money::decimal_from_json(v).is_some_and(|d| !d.is_sign_negative() && d <= MAX_COST_USD)
-            }
-            Kind::Timestamp => v.as_str().is_some_and(|s| DateTime::parse_from_rfc3339(s).is_ok()),
-            Kind::StrOrInt => v.is_string() || v.is_i64() || v.is_u64(),
-            Kind::Array => v.is_array(),
-            Kind::Any => true,
-        }
-    }
-}
-
-struct Spec {
-    required: &'static [(&'static str, Kind)],
-    optional: &'static [(&'static str, Kind)],
-}
-
-fn spec(event_type: &str) -> Option<Spec> {
-    use Kind::*;
-    let s = |required, optional| Some(Spec { required, optional });
-    match event_type {
-        ISSUE_APPROVED => s(&[], &[("title", Str), ("priority", Any), ("depends_on", Array)]),
-        ISSUE_ASSIGNED => s(&[("agent_id", Str)], &[("attempt", Count)]),
-        ISSUE_UNASSIGNED => s(&[("reason", Str)], &[("agent_id", Str)]),
-        WORK_STARTED => s(&[("agent_id", Str)], &[]),
-        HEARTBEAT => s(&[("agent_id", Str)], &[("status", Str), ("current_issue", StrOrInt)]),
-        AGENT_STUCK => s(
-            &[("agent_id", Str)],
-            &[
-                ("reason", Str),
-                ("elapsed_seconds", NonNegNumber),
-                ("last_heartbeat_at", Timestamp),
-            ],
-        ),
-        BRANCH_CREATED => s(&[("branch", Str)], &[("agent_id", Str)]),
-        PR_CREATED => s(
-            &[("pr_number", PositiveInt)],
-            &[("pr_url", Str), ("branch", Str), ("agent_id", Str)],
-        ),
-        CI_PASSED => s(&[], &[("pr_number", PositiveInt), ("run_id", StrOrInt)]),
-        CI_FAILED => s(
-            &[],
-            &[
-                ("pr_number", PositiveInt),
-                ("run_id", StrOrInt),
-                // Check names, or whatever the CI reports of each check: the notifier shows any.
-                ("failed_checks", Array),
-            ],
-        ),
-        REVIEW_ASSIGNED | REVIEW_PASSED => s(&[], &[("reviewer", Str), ("pr_number", PositiveInt)]),
-        REVIEW_DISPUTED => s(
-            &[],
-            &[("reviewer", Str), ("pr_number", PositiveInt), ("attempt", Count)],
-        ),
-        HUMAN_GATE_TRIGGERED => s(&[("reason", Str)], &[("pr_number", PositiveInt)]),
-        ESCALATED => s(&[("reason", Str)], &[("attempts", Count)]),
-        MERGED => s(&[], &[("pr_number", PositiveInt), ("merge_sha", Str)]),
-        ISSUE_DONE => s(&[], &[("duration_minutes", NonNegNumber)]),
-        TOKEN_USAGE => s(
-            &[
-                ("agent_id", Str),
-                ("model", Str),
-                ("input_tokens", Tokens),
-                ("output_tokens", Tokens),
-            ],
-            &[
-                ("cache_read_tokens", Tokens),
-                ("cache_write_tokens", Tokens),
-                ("cost_usd", Money),
-            ],
-        ),
-        _ => None,
-    }
-}
-
 /// True for the catalog's types (validated); false for types the rig added later.
 pub fn is_known_type(event_type: &str) -> bool {
-    spec(event_type).is_some()
+    EventType::from_name(event_type).is_some()
 }
 
 /// `UPPER_SNAKE`: `A-Z` first, then `A-Z`/`0-9` in `_`-separated words.
@@ -220,16 +80,20 @@ pub fn is_upper_snake(s: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// Checks a whole event: its strings (the module's rules), then its type and data. The message
-/// names the field and what is wrong with it.
-pub fn validate_event(event_type: &str, data: &Value, metadata: &Value) -> Result<(), String> {
+/// Checks a whole event: its strings (the module's rules), then its type and data, and gives
+/// its data typed. The message names the field and what is wrong with it.
+pub fn validate_event<'a>(
+    event_type: &str,
+    schema_version: i32,
+    data: &'a Value,
+    metadata: &Value,
+) -> Result<Event<'a>, String> {
     // The type first, as its own message (it also refuses a NUL or a long type).
-    if !is_upper_snake(event_type) {
-        return validate(event_type, data);
+    if is_upper_snake(event_type) {
+        check_strings("data", data)?;
+        check_strings("metadata", metadata)?;
     }
-    check_strings("data", data)?;
-    check_strings("metadata", metadata)?;
-    validate(event_type, data)
+    Event::parse(event_type, schema_version, data)
 }
 
 /// Where a string sits, for the message: `data.x[1].y`.
@@ -324,55 +188,7 @@ fn check_str(s: &str, cap: Option<usize>) -> Result<(), String> {
 
 /// Checks an event's type and data. The message names the field and what was expected.
 pub fn validate(event_type: &str, data: &Value) -> Result<(), String> {
-    if !is_upper_snake(event_type) {
-        return Err(format!(
-            "type {:?} is not UPPER_SNAKE (for example \"ISSUE_ASSIGNED\")",
-            event_type.chars().take(100).collect::<String>()
-        ));
-    }
-    let Some(obj) = data.as_object() else {
-        return Err(format!("data must be a JSON object, found {}", json_kind(data)));
-    };
-    let Some(spec) = spec(event_type) else {
-        return Ok(());
-    };
-    for (field, kind) in spec.required {
-        match obj.get(*field) {
-            None | Some(Value::Null) => {
-                return Err(format!("{event_type} requires data.{field} ({})", kind.expected()));
-            }
-            Some(v) if !kind.accepts(v) => return Err(wrong_type(event_type, field, *kind, v)),
-            _ => {}
-        }
-    }
-    for (field, kind) in spec.optional {
-        if let Some(v) = obj.get(*field) {
-            if !v.is_null() && !kind.accepts(v) {
-                return Err(wrong_type(event_type, field, *kind, v));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn wrong_type(event_type: &str, field: &str, kind: Kind, v: &Value) -> String {
-    format!(
-        "{event_type}: data.{field} must be {}, found {}",
-        kind.expected(),
-        json_kind(v)
-    )
-}
-
-fn json_kind(v: &Value) -> String {
-    match v {
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("boolean {b}"),
-        Value::Number(n) => format!("number {n}"),
-        Value::String(s) if s.is_empty() => "an empty string".into(),
-        Value::String(_) => "a string".into(),
-        Value::Array(_) => "an array".into(),
-        Value::Object(_) => "an object".into(),
-    }
+    Event::parse(event_type, 1, data).map(drop)
 }
 
 /// An event as stored in the log.
@@ -400,6 +216,16 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// Its catalog type; `None` for a type the rig added later.
+    pub fn known_type(&self) -> Option<EventType> {
+        EventType::from_name(&self.event_type)
+    }
+
+    /// Its data, typed by its type and schema version ([`Event::read`]).
+    pub fn event(&self) -> Result<Event<'_>, String> {
+        Event::read(&self.event_type, self.schema_version, &self.data)
+    }
+
     pub fn str_field(&self, field: &str) -> Option<&str> {
         self.data.get(field).and_then(Value::as_str)
     }
@@ -464,7 +290,7 @@ mod tests {
 
     #[test]
     fn strings_are_checked_for_nul_and_length_at_every_depth() {
-        let ok = |data: Value, meta: Value| validate_event("SOMETHING_NEW", &data, &meta);
+        let ok = |data: Value, meta: Value| validate_event("SOMETHING_NEW", 1, &data, &meta).map(drop);
         let err = |data: Value, meta: Value| ok(data, meta).unwrap_err();
         assert!(ok(
             json!({"title": "t".repeat(1000), "agent_id": "a".repeat(200)}),
@@ -491,8 +317,8 @@ mod tests {
         let e = err(json!({"k".repeat(201): 1}), json!({}));
         assert!(e.starts_with("data: a key"), "{e}");
         // The catalog's own checks still run after the strings'.
-        assert!(validate_event("ISSUE_ASSIGNED", &json!({}), &json!({})).is_err());
-        let e = validate_event("BAD\0TYPE", &json!({}), &json!({})).unwrap_err();
+        assert!(validate_event("ISSUE_ASSIGNED", 1, &json!({}), &json!({})).is_err());
+        let e = validate_event("BAD\0TYPE", 1, &json!({}), &json!({})).unwrap_err();
         assert!(e.starts_with("type "), "{e}");
     }
 

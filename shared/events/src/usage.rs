@@ -7,11 +7,10 @@
 //! `recorded_at`. Data that cannot be read (wrong types that bypassed ingest's validation) is an
 //! error naming the field: the caller treats the event as poison, never as zero.
 
-use crate::money::{decimal_from_json, PriceTable, Tokens};
-use crate::{StoredEvent, MAX_COST_USD};
+use crate::money::{PriceTable, Tokens};
+use crate::{StoredEvent, TokenUsage};
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
-use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -29,83 +28,34 @@ pub struct Usage<'e> {
     pub day: NaiveDate,
 }
 
-/// Reads and prices a `TOKEN_USAGE` event. The error says which field is wrong and how.
+/// Reads and prices a `TOKEN_USAGE` event. The error is the catalog's refusal of its data
+/// (which field is wrong and how): data stored before a rule held is poison, never zero.
 ///
-/// The rule is `read_fields`, over the parsed `data`. An event read lean carries its data as
-/// text (`StoredEvent::data_text`): the common, well-formed case is read straight from the text
-/// by `Fields` without building a `Value`, and anything that reading refuses or leaves open
-/// (a string with escapes, a missing or odd field, a given `cost_usd`, a repeated key) goes
-/// through `read_fields` after all, so both routes give the same answer and the same errors.
+/// One reading, [`TokenUsage`]'s: straight from the text when the event was read lean
+/// (`StoredEvent::data_text`, no `Value` built), else from the parsed `data`.
 pub fn read_usage<'e>(event: &'e StoredEvent, prices: &PriceTable) -> Result<Usage<'e>, String> {
     let day = event.occurred_at.unwrap_or(event.recorded_at).date_naive();
-    let Some(text) = &event.data_text else {
-        return read_fields(&event.data, day, prices);
+    let usage = match &event.data_text {
+        Some(text) => TokenUsage::from_json_text(event.schema_version, text)?,
+        None => TokenUsage::from_value(event.schema_version, &event.data)?,
     };
-    if let Ok(f) = serde_json::from_str::<Fields<'_>>(text) {
-        if let Some(u) = f.usage(day, prices) {
-            return Ok(u);
-        }
-    }
-    let data: Value = serde_json::from_str(text).map_err(|e| format!("TOKEN_USAGE: data is not JSON: {e}"))?;
-    read_fields(&data, day, prices).map(Usage::into_owned)
-}
-
-/// The fields of a well-formed `TOKEN_USAGE` data object, borrowed from its text. Unknown
-/// fields are skipped, as `read_fields` ignores them; a missing one is `None`; a repeated one
-/// fails the parse.
-#[derive(serde::Deserialize)]
-struct Fields<'a> {
-    #[serde(borrow)]
-    agent_id: Option<&'a str>,
-    #[serde(borrow)]
-    model: Option<&'a str>,
-    input_tokens: Option<i64>,
-    output_tokens: Option<i64>,
-    cache_read_tokens: Option<i64>,
-    cache_write_tokens: Option<i64>,
-    cost_usd: Option<serde::de::IgnoredAny>,
-}
-
-impl<'a> Fields<'a> {
-    /// The usage, when these fields are what `read_fields` accepts without a `cost_usd`;
-    /// `None` leaves the decision (and the error message) to `read_fields`.
-    fn usage(self, day: NaiveDate, prices: &PriceTable) -> Option<Usage<'a>> {
-        let agent_id = self.agent_id.filter(|s| !s.is_empty())?;
-        let model = self.model.filter(|s| !s.is_empty())?;
-        if self.cost_usd.is_some() {
-            return None;
-        }
-        let count = |n: Option<i64>, required: bool| match n {
-            Some(n) if n >= 0 => Some(n),
-            Some(_) => None,
-            None if required => None,
-            None => Some(0),
-        };
-        let tokens = Tokens {
-            input: count(self.input_tokens, true)?,
-            output: count(self.output_tokens, true)?,
-            cache_read: count(self.cache_read_tokens, false)?,
-            cache_write: count(self.cache_write_tokens, false)?,
-        };
-        Usage::priced(agent_id, model, tokens, None, day, prices).ok()
-    }
+    Usage::priced(usage, day, prices)
 }
 
 impl<'e> Usage<'e> {
     /// The cost rule: the event's own `cost_usd` when given, else the price in force on `day`,
     /// else 0 flagged `unpriced`.
-    fn priced(
-        agent_id: &'e str,
-        model: &'e str,
-        tokens: Tokens,
-        given: Option<Decimal>,
-        day: NaiveDate,
-        prices: &PriceTable,
-    ) -> Result<Usage<'e>, String> {
-        let priced = match given {
+    fn priced(u: TokenUsage<'e>, day: NaiveDate, prices: &PriceTable) -> Result<Usage<'e>, String> {
+        let tokens = Tokens {
+            input: u.input_tokens,
+            output: u.output_tokens,
+            cache_read: u.cache_read_tokens.unwrap_or(0),
+            cache_write: u.cache_write_tokens.unwrap_or(0),
+        };
+        let priced = match u.cost_usd {
             Some(d) => Some(d),
             None => prices
-                .cost(model, day, tokens)
+                .cost(&u.model, day, tokens)
                 .map_err(|e| format!("TOKEN_USAGE: {e}"))?,
         };
         let (cost_usd, unpriced) = match priced {
@@ -113,52 +63,14 @@ impl<'e> Usage<'e> {
             None => (Decimal::ZERO, true),
         };
         Ok(Usage {
-            agent_id: Cow::Borrowed(agent_id),
-            model: Cow::Borrowed(model),
+            agent_id: u.agent_id,
+            model: u.model,
             tokens,
             cost_usd,
             unpriced,
             day,
         })
     }
-
-    fn into_owned(self) -> Usage<'static> {
-        Usage {
-            agent_id: Cow::Owned(self.agent_id.into_owned()),
-            model: Cow::Owned(self.model.into_owned()),
-            ..self
-        }
-    }
-}
-
-/// The rule, over parsed data.
-fn read_fields<'e>(data: &'e Value, day: NaiveDate, prices: &PriceTable) -> Result<Usage<'e>, String> {
-    let Some(data) = data.as_object() else {
-        return Err("TOKEN_USAGE: data is not a JSON object".to_owned());
-    };
-    let agent_id = text(data, "agent_id")?;
-    let model = text(data, "model")?;
-    let tokens = Tokens {
-        input: count(data, "input_tokens", true)?,
-        output: count(data, "output_tokens", true)?,
-        cache_read: count(data, "cache_read_tokens", false)?,
-        cache_write: count(data, "cache_write_tokens", false)?,
-    };
-    let given = match data.get("cost_usd") {
-        None | Some(Value::Null) => None,
-        // The bound ingest holds to; an event stored before it held is poison, not a sum that
-        // no longer decodes.
-        Some(v) => match decimal_from_json(v) {
-            Some(d) if !d.is_sign_negative() && d <= MAX_COST_USD => Some(d),
-            _ => {
-                return Err(format!(
-                    "TOKEN_USAGE: data.cost_usd must be a decimal amount from 0 to {MAX_COST_USD}, found {}",
-                    short(v)
-                ))
-            }
-        },
-    };
-    Usage::priced(agent_id, model, tokens, given, day, prices)
 }
 
 /// Sums of usages that share a key (a table row): what a batch adds to that row.
@@ -251,46 +163,15 @@ pub fn repo_of(stream_id: &str) -> Result<&str, String> {
     }
 }
 
-fn text<'e>(data: &'e Map<String, Value>, field: &str) -> Result<&'e str, String> {
-    match data.get(field) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s),
-        None | Some(Value::Null) => Err(format!("TOKEN_USAGE: data.{field} is missing")),
-        Some(v) => Err(format!(
-            "TOKEN_USAGE: data.{field} must be a non-empty string, found {}",
-            short(v)
-        )),
-    }
-}
-
-/// A token count: an integer from 0 to i64::MAX. Optional counts default to 0.
-fn count(data: &Map<String, Value>, field: &str, required: bool) -> Result<i64, String> {
-    match data.get(field) {
-        None | Some(Value::Null) if !required => Ok(0),
-        None | Some(Value::Null) => Err(format!("TOKEN_USAGE: data.{field} is missing")),
-        Some(v) => v
-            .as_i64()
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| format!("TOKEN_USAGE: data.{field} must be an integer >= 0, found {}", short(v))),
-    }
-}
-
-/// A value for an error message, cut short: poison data can be large.
-fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() <= 60 {
-        s
-    } else {
-        format!("{}…", s.chars().take(60).collect::<String>())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::money::Price;
+    use crate::MAX_TOKENS;
     use chrono::{DateTime, Utc};
     use serde_json::json;
+    use serde_json::Value;
     use std::str::FromStr;
 
     fn event(data: Value, occurred_at: Option<&str>) -> StoredEvent {
@@ -387,7 +268,10 @@ mod tests {
     fn unreadable_data_is_an_error_naming_the_field() {
         let bad = |data: Value| read_usage(&event(data, None), &prices()).unwrap_err();
         let e = bad(json!({"agent_id": "a", "model": "m", "input_tokens": "lots", "output_tokens": 1}));
-        assert!(e.contains("input_tokens") && e.contains("\"lots\""), "{e}");
+        assert_eq!(
+            e,
+            r#"TOKEN_USAGE: data.input_tokens must be an integer >= 0, found "lots""#
+        );
         assert!(bad(json!({"agent_id": "a", "model": "m", "input_tokens": 1})).contains("output_tokens is missing"));
         assert!(bad(json!({"agent_id": 5, "model": "m", "input_tokens": 1, "output_tokens": 1})).contains("agent_id"));
         let e = bad(json!({"agent_id": "a", "model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": "-1"}));
@@ -397,6 +281,13 @@ mod tests {
         assert!(e.contains("cost_usd must be a decimal amount from 0 to 1000000"), "{e}");
         assert!(bad(json!({"agent_id": "a", "model": "m", "input_tokens": -1, "output_tokens": 1})).contains(">= 0"));
         assert!(bad(json!([1])).contains("not a JSON object"));
+        // Token counts above the door's bound, stored before it held, are still read (a sum they
+        // overflow is refused where it is written).
+        let big = json!({"agent_id": "a", "model": "m", "input_tokens": MAX_TOKENS + 1, "output_tokens": 1});
+        assert_eq!(
+            read_usage(&event(big, None), &prices()).unwrap().tokens.input,
+            MAX_TOKENS + 1
+        );
     }
 
     /// The event as a lean consumer reads it: data as the text Postgres gives for the jsonb.
@@ -408,14 +299,15 @@ mod tests {
 
     #[test]
     fn data_read_from_text_gives_what_the_parsed_data_gives() {
+        // One reading (`TokenUsage`) over two inputs: the stored text and the parsed data.
         let prices = prices();
         let cases = [
-            // Well-formed: read from the text directly.
+            // Well-formed.
             r#"{"model": "m", "agent_id": "dev-1", "input_tokens": 1000, "output_tokens": 2}"#,
             r#"{"model": "m", "agent_id": "dev-1", "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 7, "cache_write_tokens": 9, "extra": {"x": [1]}}"#,
             r#"{"model": "unknown", "agent_id": "dev-1", "input_tokens": 1, "output_tokens": 1}"#,
-            r#"{"model": "m", "agent_id": "dev-1", "input_tokens": 9223372036854775807, "output_tokens": 1, "cache_read_tokens": null}"#,
-            // Everything the text reading leaves to the parsed rule.
+            // Escapes, given costs, repeated keys (the last one counts, as in parsed data),
+            // and data refused in every way the catalog words.
             r#"{"model": "m", "agent_id": "dev\n1", "input_tokens": 1, "output_tokens": 1}"#,
             r#"{"model": "m\u00e9", "agent_id": "d", "input_tokens": 1, "output_tokens": 1}"#,
             r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "cost_usd": 0.1}"#,
@@ -434,6 +326,10 @@ mod tests {
             r#"{"model": "m", "agent_id": "a", "input_tokens": 1}"#,
             r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": null}"#,
             r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "cache_write_tokens": -3}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 1000000000001, "output_tokens": 1}"#,
+            r#"{"model": "m", "agent_id": "dev-1", "input_tokens": 9223372036854775807, "output_tokens": 1, "cache_read_tokens": null}"#,
+            r#"{"model": "m", "agent_id": "dev-1", "input_tokens": 1000000000000, "output_tokens": 1, "cache_read_tokens": null}"#,
+            r#"{"model": "m", "agent_id": "a", "input_tokens": 1, "output_tokens": 1, "cost_usd": 0.1, "cost_usd": "x"}"#,
             r#"[1]"#,
             r#""text""#,
             r#"{}"#,
@@ -451,6 +347,10 @@ mod tests {
         let e = lean(cases[0], None);
         let u = read_usage(&e, &prices).unwrap();
         assert!(matches!(u.agent_id, Cow::Borrowed("dev-1")) && matches!(u.model, Cow::Borrowed("m")));
+        let e = lean(cases[6], None);
+        let u = read_usage(&e, &prices).unwrap();
+        assert_eq!(u.cost_usd.to_string(), "0.30");
+        assert!(matches!(u.agent_id, Cow::Borrowed("a")));
     }
 
     #[test]

@@ -29,9 +29,7 @@ use crate::STALE_HEARTBEAT;
 use chrono::{DateTime, Utc};
 use rig_consumer::{ApplyError, ConsumerInfo, Projection};
 use rig_events::fold::status_set_by;
-use rig_events::StreamId;
-use rig_events::{self as events, StoredEvent};
-use serde_json::Value;
+use rig_events::{CurrentIssue, Event, EventType, Heartbeat, StoredEvent, StreamId};
 use sqlx::PgConnection;
 use std::collections::{BTreeSet, HashMap};
 
@@ -87,17 +85,16 @@ pub fn keys(events: &[StoredEvent]) -> Keys {
     let mut numbers = BTreeSet::new();
     for e in events {
         match e.stream_id.strip_prefix("agent:") {
-            Some(agent) if e.event_type == events::HEARTBEAT => match current_issue(e) {
-                Some(Named::Stream(s)) => {
+            Some(agent) => match heartbeat(e).as_ref().map(Heartbeat::current_issue) {
+                Some(CurrentIssue::Stream(s)) => {
                     streams.insert(s);
                 }
-                Some(Named::Number(n)) => {
+                Some(CurrentIssue::Number(n)) => {
                     agents.insert(agent.to_owned());
                     numbers.insert(n);
                 }
-                None => {}
+                _ => {}
             },
-            Some(_) => {}
             None => {
                 streams.insert(e.stream_id.clone());
             }
@@ -110,20 +107,13 @@ pub fn keys(events: &[StoredEvent]) -> Keys {
     }
 }
 
-/// How a heartbeat names the issue its agent works on.
-#[derive(Debug, PartialEq, Eq)]
-enum Named {
-    Stream(String),
-    Number(i64),
-}
-
-fn current_issue(e: &StoredEvent) -> Option<Named> {
-    match e.data.get("current_issue")? {
-        Value::String(s) => match StreamId::parse(s.trim()) {
-            Ok(id @ StreamId::Issue { .. }) => Some(Named::Stream(id.to_string())),
-            _ => None,
-        },
-        Value::Number(n) => n.as_i64().filter(|n| *n > 0).map(Named::Number),
+/// The heartbeat `e` is, if it is one the catalog reads.
+fn heartbeat(e: &StoredEvent) -> Option<Heartbeat> {
+    if e.known_type() != Some(EventType::Heartbeat) {
+        return None;
+    }
+    match e.event() {
+        Ok(Event::Heartbeat(h)) => Some(h),
         _ => None,
     }
 }
@@ -135,15 +125,12 @@ pub fn fold(mut rows: HashMap<String, Tracked>, events: &[StoredEvent]) -> Chang
     let mut deleted = BTreeSet::new();
     for e in events {
         if let Some(agent) = e.stream_id.strip_prefix("agent:") {
-            if e.event_type != events::HEARTBEAT {
-                continue;
-            }
-            let matches = |t: &Tracked| match current_issue(e) {
-                Some(Named::Stream(s)) => t.stream_id == s,
-                Some(Named::Number(n)) => t.issue_number == n,
-                None => false,
-            };
-            for t in rows.values_mut().filter(|t| t.agent_id == agent && matches(t)) {
+            let Some(h) = heartbeat(e) else { continue };
+            let named = h.current_issue();
+            for t in rows
+                .values_mut()
+                .filter(|t| t.agent_id == agent && named.names(&t.stream_id))
+            {
                 if e.recorded_at > t.last_seen_at {
                     t.last_seen_at = e.recorded_at;
                     dirty.insert(t.stream_id.clone());
@@ -151,9 +138,20 @@ pub fn fold(mut rows: HashMap<String, Tracked>, events: &[StoredEvent]) -> Chang
             }
             continue;
         }
-        match e.event_type.as_str() {
-            events::ISSUE_ASSIGNED => {
-                let Some(agent) = e.str_field("agent_id") else { continue };
+        let Some(ty) = e.known_type() else {
+            // A type the rig added later: activity on the issue all the same.
+            if let Some(t) = rows.get_mut(&e.stream_id) {
+                t.version = t.version.max(e.version);
+                t.last_seen_at = t.last_seen_at.max(e.recorded_at);
+                dirty.insert(e.stream_id.clone());
+            }
+            continue;
+        };
+        match ty {
+            EventType::IssueAssigned => {
+                let Ok(Event::IssueAssigned(a)) = e.event() else {
+                    continue;
+                };
                 let Some(issue_number) = StreamId::parse(&e.stream_id).ok().and_then(|s| s.issue_number()) else {
                     continue;
                 };
@@ -161,7 +159,7 @@ pub fn fold(mut rows: HashMap<String, Tracked>, events: &[StoredEvent]) -> Chang
                     e.stream_id.clone(),
                     Tracked {
                         stream_id: e.stream_id.clone(),
-                        agent_id: agent.to_owned(),
+                        agent_id: a.agent_id,
                         issue_number,
                         status: ASSIGNED.to_owned(),
                         version: e.version,
@@ -172,7 +170,7 @@ pub fn fold(mut rows: HashMap<String, Tracked>, events: &[StoredEvent]) -> Chang
                 deleted.remove(&e.stream_id);
                 dirty.insert(e.stream_id.clone());
             }
-            events::ISSUE_UNASSIGNED => {
+            EventType::IssueUnassigned => {
                 if rows.remove(&e.stream_id).is_some() {
                     dirty.remove(&e.stream_id);
                     deleted.insert(e.stream_id.clone());
@@ -254,7 +252,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use chrono::TimeZone;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn at(s: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap()
@@ -420,8 +418,8 @@ mod tests {
 
     #[test]
     fn the_watched_statuses_are_the_shared_folds() {
-        assert_eq!(status_set_by(events::ISSUE_ASSIGNED), Some(ASSIGNED));
-        assert_eq!(status_set_by(events::WORK_STARTED), Some(IN_PROGRESS));
+        assert_eq!(status_set_by(EventType::IssueAssigned), Some(ASSIGNED));
+        assert_eq!(status_set_by(EventType::WorkStarted), Some(IN_PROGRESS));
     }
 
     #[test]
@@ -480,7 +478,14 @@ mod tests {
             .collect();
         assert_eq!(seen, vec![("acme/widgets#1", at(50), 3), ("acme/widgets#2", at(60), 3)]);
         let k = keys(&[
-            ev(10, "agent:a", 1, "HEARTBEAT", json!({"current_issue": 3}), 0),
+            ev(
+                10,
+                "agent:a",
+                1,
+                "HEARTBEAT",
+                json!({"agent_id": "a", "current_issue": 3}),
+                0,
+            ),
             ev(11, "agent:c", 1, "HEARTBEAT", json!({}), 0),
             ev(12, "acme/widgets#3", 1, "HEARTBEAT", json!({}), 0),
             ev(
@@ -488,7 +493,7 @@ mod tests {
                 "agent:d",
                 1,
                 "HEARTBEAT",
-                json!({"current_issue": "Acme/Gadgets#5"}),
+                json!({"agent_id": "d", "current_issue": "Acme/Gadgets#5"}),
                 0,
             ),
             ev(14, "agent:e", 1, "TOKEN_USAGE", json!({"current_issue": 4}), 0),

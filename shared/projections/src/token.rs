@@ -12,7 +12,7 @@ use crate::TOKEN_PROJECTOR;
 use rig_consumer::{ApplyError, ConsumerInfo, Projection};
 use rig_events::money::PriceTable;
 use rig_events::usage::{key_columns, read_usage, RowSums};
-use rig_events::{StoredEvent, TOKEN_USAGE};
+use rig_events::{EventType, StoredEvent};
 use rig_ops::telemetry::PrometheusHandle;
 use rig_ops::Settings;
 use rust_decimal::Decimal;
@@ -63,7 +63,8 @@ impl Projection for TokenProjection {
     }
 
     fn event_types(&self) -> Option<&'static [&'static str]> {
-        Some(&[TOKEN_USAGE])
+        const TYPES: &[&str] = &[EventType::TokenUsage.name()];
+        Some(TYPES)
     }
 
     fn catch_up_chunks(&self) -> i64 {
@@ -79,7 +80,7 @@ impl Projection for TokenProjection {
     }
 
     async fn apply(&mut self, _tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ApplyError> {
-        for e in events.iter().filter(|e| e.event_type == TOKEN_USAGE) {
+        for e in events.iter().filter(|e| e.known_type() == Some(EventType::TokenUsage)) {
             let poison = |error| ApplyError::Poison {
                 position: e.position,
                 error,

@@ -21,9 +21,8 @@
 
 use super::{Append, AppendError, AppendOk, Appended};
 use chrono::{DateTime, Utc};
-use rig_events as events;
 use rig_events::fold::{FoldInput, IssueState};
-use rig_events::StreamId;
+use rig_events::{Event, StreamId};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -213,7 +212,7 @@ pub(super) fn judge(batch: &[&Append], sids: &[String], lookup: Lookup) -> Judge
         for (k, e) in a.events.iter().enumerate() {
             if let StreamId::Issue { repo, number } = &a.stream {
                 let st = issue.get_or_insert_with(|| IssueState::new(sid, repo, *number, now));
-                if e.event_type == events::ISSUE_ASSIGNED {
+                if let Event::IssueAssigned(_) = e.event {
                     if let Some(holder) = &st.agent_id {
                         refused = Some(holder.clone());
                         break;
@@ -222,8 +221,7 @@ pub(super) fn judge(batch: &[&Append], sids: &[String], lookup: Lookup) -> Judge
                 holders.push(st.agent_id.clone());
                 st.apply(&FoldInput {
                     version: (head.version + 1 + k as i64) as i32,
-                    event_type: &e.event_type,
-                    data: &e.data,
+                    event: &e.event,
                     recorded_at: now,
                 });
             } else {
@@ -291,27 +289,21 @@ fn fold_agents(
     let mut touched: Vec<String> = Vec::new();
     for r in rows {
         let e = &batch[r.job].events[r.event];
-        if !matches!(
-            e.event_type.as_str(),
-            events::HEARTBEAT
-                | events::ISSUE_ASSIGNED
-                | events::ISSUE_UNASSIGNED
-                | events::AGENT_STUCK
-                | events::WORK_STARTED
-                | events::ISSUE_DONE
-                | events::MERGED
-        ) {
-            continue;
-        }
+        // The agent an event on an issue names; without one, the issue's holder. ISSUE_DONE and
+        // MERGED declare no agent, but an agent may still name itself in their data.
+        let named = match &e.event {
+            Event::Heartbeat(h) => Some(h.agent_id.as_ref()),
+            Event::IssueAssigned(a) => Some(a.agent_id.as_ref()),
+            Event::IssueUnassigned(u) => u.agent_id.as_deref(),
+            Event::AgentStuck(s) => Some(s.agent_id.as_ref()),
+            Event::WorkStarted(w) => Some(w.agent_id.as_ref()),
+            Event::IssueDone(_) | Event::Merged(_) => e.data.get("agent_id").and_then(Value::as_str),
+            _ => continue,
+        };
         let sid = sids[r.job].as_str();
         let agent = match &batch[r.job].stream {
             StreamId::Agent(a) => Some(a.clone()),
-            StreamId::Issue { .. } => e
-                .data
-                .get("agent_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .or_else(|| r.holder.clone()),
+            StreamId::Issue { .. } => named.map(str::to_owned).or_else(|| r.holder.clone()),
         };
         let Some(agent) = agent else { continue };
         touched.push(agent.clone());
@@ -324,47 +316,26 @@ fn fold_agents(
         });
         a.updated_at = now;
         let on_issue = !sid.starts_with("agent:");
-        match e.event_type.as_str() {
-            events::HEARTBEAT => {
+        match &e.event {
+            Event::Heartbeat(h) => {
                 a.last_heartbeat_at = Some(now);
-                if let Some(s) = e.data.get("status").and_then(Value::as_str) {
-                    a.status = Some(s.to_owned());
+                if let Some(s) = &h.status {
+                    a.status = Some(s.to_string());
                 }
-                match e.data.get("current_issue") {
-                    Some(Value::String(s)) => {
-                        a.current_stream_id =
-                            Some(StreamId::parse(s).map(|s| s.to_string()).unwrap_or_else(|_| s.clone()))
-                    }
-                    // A bare number names an issue of the agent's own: the one it is on, or
-                    // this heartbeat's issue stream; unresolved, it is kept as the agent said it.
-                    Some(Value::Number(n)) => {
-                        let same_number =
-                            |s: &str| StreamId::parse(s).ok().and_then(|s| s.issue_number()) == n.as_i64();
-                        a.current_stream_id = if on_issue && same_number(sid) {
-                            Some(sid.to_owned())
-                        } else if a.current_stream_id.as_deref().is_some_and(same_number) {
-                            a.current_stream_id.take()
-                        } else {
-                            Some(n.to_string())
-                        };
-                    }
-                    Some(Value::Null) => a.current_stream_id = None,
-                    _ if on_issue => a.current_stream_id = Some(sid.to_owned()),
-                    _ => {}
-                }
+                a.current_stream_id = h.current_issue().resolve(sid, a.current_stream_id.as_deref());
             }
-            events::ISSUE_ASSIGNED | events::WORK_STARTED if on_issue => {
+            Event::IssueAssigned(_) | Event::WorkStarted(_) if on_issue => {
                 a.current_stream_id = Some(sid.to_owned());
                 a.status = Some("working".to_owned());
             }
             // The agent is done with the issue: it no longer counts as its current one.
-            events::ISSUE_UNASSIGNED | events::ISSUE_DONE | events::MERGED
+            Event::IssueUnassigned(_) | Event::IssueDone(_) | Event::Merged(_)
                 if on_issue && a.current_stream_id.as_deref() == Some(sid) =>
             {
                 a.current_stream_id = None;
                 a.status = Some("idle".to_owned());
             }
-            events::AGENT_STUCK => a.status = Some("stuck".to_owned()),
+            Event::AgentStuck(_) => a.status = Some("stuck".to_owned()),
             _ => {}
         }
     }
@@ -377,6 +348,7 @@ fn fold_agents(
 mod tests {
     use super::*;
     use crate::writer::NewEvent;
+    use rig_events as events;
     use serde_json::json;
 
     const ISSUE: &str = "acme/widgets#1";
@@ -387,12 +359,18 @@ mod tests {
 
     /// An event whose id ingest drew.
     fn ev(event_type: &str, data: Value) -> NewEvent {
+        // An event outside the catalog's rules reads as one of an unknown type, as it would
+        // never reach the writer.
+        let event = Event::read(event_type, 1, &data)
+            .map(Event::into_owned)
+            .unwrap_or(Event::Other);
         NewEvent {
             event_id: Uuid::new_v4(),
             id_from_client: false,
             event_type: event_type.to_owned(),
             schema_version: 1,
             data,
+            event,
             metadata: json!({}),
             occurred_at: None,
         }
@@ -809,15 +787,22 @@ mod tests {
                     None,
                     vec![ev(
                         events::HEARTBEAT,
-                        json!({"status": "thinking", "current_issue": "Acme/Widgets#1"}),
+                        json!({"agent_id": "ada", "status": "thinking", "current_issue": "Acme/Widgets#1"}),
                     )],
                 ),
                 append(
                     "agent:babbage",
                     None,
-                    vec![ev(events::HEARTBEAT, json!({"current_issue": 42}))],
+                    vec![ev(
+                        events::HEARTBEAT,
+                        json!({"agent_id": "babbage", "current_issue": 42}),
+                    )],
                 ),
-                append("agent:euler", None, vec![ev(events::AGENT_STUCK, json!({}))]),
+                append(
+                    "agent:euler",
+                    None,
+                    vec![ev(events::AGENT_STUCK, json!({"agent_id": "euler"}))],
+                ),
             ],
             empty(),
         );

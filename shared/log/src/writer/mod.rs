@@ -47,7 +47,7 @@ mod queue;
 mod store;
 
 use chrono::{DateTime, Utc};
-use rig_events::StreamId;
+use rig_events::{Event, StreamId};
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,6 +66,8 @@ pub struct NewEvent {
     pub event_type: String,
     pub schema_version: i32,
     pub data: Value,
+    /// `data` typed, as validation read it.
+    pub event: Event<'static>,
     pub metadata: Value,
     pub occurred_at: Option<DateTime<Utc>>,
 }

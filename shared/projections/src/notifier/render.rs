@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Utc};
 use rig_events::StreamId;
-use rig_events::{self as events, StoredEvent};
+use rig_events::{EventType, StoredEvent};
 use serde_json::{json, Map, Value};
 
 pub const CONTENT_MAX: usize = 2000;
@@ -190,6 +190,9 @@ impl Message {
 pub fn render(e: &StoredEvent, ctx: Option<&IssueContext>) -> Value {
     let empty = Map::new();
     let data = e.data.as_object().unwrap_or(&empty);
+    // Dispatched on the catalog type; fields are read as they come, whatever they hold (an event
+    // stored before a rule of the catalog held still renders).
+    let ty = e.known_type();
     let stream = StreamId::parse(&e.stream_id).ok();
     let link = stream.as_ref().and_then(issue_url);
     let subject_text = inline(&e.stream_id, 120);
@@ -202,7 +205,7 @@ pub fn render(e: &StoredEvent, ctx: Option<&IssueContext>) -> Value {
     let agent = non_empty(data.get("agent_id")).or_else(|| ctx.and_then(|c| c.agent_id.clone()));
     let pr = positive_int(data.get("pr_number")).or_else(|| {
         // The issue's PR only for events about that PR.
-        matches!(e.event_type.as_str(), events::MERGED | events::CI_FAILED)
+        matches!(ty, Some(EventType::Merged | EventType::CiFailed))
             .then(|| ctx.and_then(|c| c.pr_number))
             .flatten()
     });
@@ -215,8 +218,8 @@ pub fn render(e: &StoredEvent, ctx: Option<&IssueContext>) -> Value {
         .map(|t| (e.recorded_at - t).num_milliseconds() as f64 / 1000.0)
         .filter(|s| *s >= 0.0);
 
-    let mut m = match e.event_type.as_str() {
-        events::AGENT_STUCK => {
+    let mut m = match ty {
+        Some(EventType::AgentStuck) => {
             let mut m = Message::new("🛑", "Agent stuck", 0xE6_7E22);
             let elapsed = number(data.get("elapsed_seconds"));
             let reason = non_empty(data.get("reason"));
@@ -252,7 +255,7 @@ pub fn render(e: &StoredEvent, ctx: Option<&IssueContext>) -> Value {
             }
             m
         }
-        events::CI_FAILED => {
+        Some(EventType::CiFailed) => {
             let mut m = Message::new("❌", "CI failed", 0xE7_4C3C);
             if let Some(n) = pr {
                 m.clauses.push(pr_link(n));
@@ -285,7 +288,7 @@ pub fn render(e: &StoredEvent, ctx: Option<&IssueContext>) -> Value {
             m.field("Agent", agent.as_deref().map(|a| inline(a, 200)).unwrap_or_default());
             m
         }
-        events::HUMAN_GATE_TRIGGERED => {
+        Some(EventType::HumanGateTriggered) => {
             let mut m = Message::new("✋", "Needs a human", 0xF1_C40F);
             let reason = non_empty(data.get("reason"));
             if let Some(r) = &reason {
@@ -296,7 +299,7 @@ pub fn render(e: &StoredEvent, ctx: Option<&IssueContext>) -> Value {
             m.field("Agent", agent.as_deref().map(|a| inline(a, 200)).unwrap_or_default());
             m
         }
-        events::ESCALATED => {
+        Some(EventType::Escalated) => {
             let mut m = Message::new("⚠️", "Escalated", 0xC0_392B);
             let attempts = data.get("attempts").and_then(Value::as_u64);
             if let Some(n) = attempts {
@@ -312,7 +315,7 @@ pub fn render(e: &StoredEvent, ctx: Option<&IssueContext>) -> Value {
             m.field("Agent", agent.as_deref().map(|a| inline(a, 200)).unwrap_or_default());
             m
         }
-        events::MERGED => {
+        Some(EventType::Merged) => {
             let mut m = Message::new("🟣", "Merged", 0x8E_44AD);
             if let Some(n) = pr {
                 m.clauses.push(pr_link(n));
@@ -332,7 +335,7 @@ pub fn render(e: &StoredEvent, ctx: Option<&IssueContext>) -> Value {
             m.field("Agent", agent.as_deref().map(|a| inline(a, 200)).unwrap_or_default());
             m
         }
-        events::ISSUE_DONE => {
+        Some(EventType::IssueDone) => {
             let mut m = Message::new("✅", "Done", 0x2E_CC71);
             let took = number(data.get("duration_minutes"))
                 .map(|min| min * 60.0)
@@ -347,9 +350,9 @@ pub fn render(e: &StoredEvent, ctx: Option<&IssueContext>) -> Value {
             m.field("Agent", agent.as_deref().map(|a| inline(a, 200)).unwrap_or_default());
             m
         }
-        other => {
+        _ => {
             // A type chosen in `notifier.events` that this renderer has no words for.
-            let mut m = Message::new("📣", other, 0x34_98DB);
+            let mut m = Message::new("📣", &e.event_type, 0x34_98DB);
             if let Some(a) = &agent {
                 m.clauses.push(format!("agent {}", inline(a, 100)));
             }
