@@ -399,6 +399,15 @@ pub fn stale_binaries<'a>(dir: &Path, names: &[&'a str]) -> Vec<&'a str> {
 pub fn cargo_build(cargo: &str, dir: &Path, names: &[&str], quiet: bool, cwd: Option<&Path>) -> anyhow::Result<()> {
     let mut cmd = Command::new(cargo);
     cmd.arg("build");
+    // Under `cargo run`, this process holds the variables Cargo sets for the program it runs
+    // (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, …). Passed on, they reach build scripts that watch
+    // them (ring's watches CARGO_MANIFEST_DIR), which then run again and recompile everything
+    // above them: TLS, the HTTP client and rigctl itself, a second time on a newcomer's first run.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(set_by_cargo_for_a_crate) {
+            cmd.env_remove(key);
+        }
+    }
     if quiet {
         cmd.arg("--quiet");
     }
@@ -415,6 +424,23 @@ pub fn cargo_build(cargo: &str, dir: &Path, names: &[&str], quiet: bool, cwd: Op
         bail!("cargo build of {} failed", names.join(", "));
     }
     Ok(())
+}
+
+/// The variables Cargo sets for the crate it compiles or the program it runs, as opposed to
+/// those that configure Cargo itself (CARGO_HOME, CARGO_TARGET_DIR, CARGO_PROFILE_*, …).
+fn set_by_cargo_for_a_crate(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "OUT_DIR"
+        )
 }
 
 #[cfg(test)]
