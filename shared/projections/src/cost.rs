@@ -9,28 +9,18 @@
 //! `cost_usd` whose model has no price on its day counts 0 USD, in `unpriced_events` and in
 //! `rig_cost_unpriced_events_total`. Unreadable data pauses the consumer at that event.
 
+use crate::sums::{each_usage, SumColumns, CATCH_UP_CHUNKS, POOL_SIZE, USAGE_TYPES};
 use crate::COST_PROJECTOR;
 use chrono::NaiveDate;
 use rig_consumer::{ApplyError, ConsumerInfo, Projection};
 use rig_events::money::PriceTable;
-use rig_events::usage::{key_columns, read_usage, repo_of, RowSums, Totals};
-use rig_events::{EventType, StoredEvent};
+use rig_events::usage::{key_columns, repo_of, RowSums, Totals};
+use rig_events::StoredEvent;
 use rig_ops::telemetry::PrometheusHandle;
 use rig_ops::Settings;
-use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
-
-/// Connections: the batch transaction, its catch-up reader, the LISTEN connection, the head
-/// query and `/readyz`.
-const POOL_SIZE: u32 = 5;
-
-/// While behind, one transaction sums this many chunks of `consumer.batch_size` events before
-/// writing (50,000 events at the default 500): the write costs per row touched, not per event,
-/// so fewer, bigger transactions rebuild faster. Memory stays bounded by a few chunks plus one
-/// entry per row touched.
-const CATCH_UP_CHUNKS: i64 = 100;
 
 pub struct CostProjection {
     prices: PriceTable,
@@ -73,8 +63,7 @@ impl Projection for CostProjection {
     }
 
     fn event_types(&self) -> Option<&'static [&'static str]> {
-        const TYPES: &[&str] = &[EventType::TokenUsage.name()];
-        Some(TYPES)
+        Some(USAGE_TYPES)
     }
 
     fn catch_up_chunks(&self) -> i64 {
@@ -91,20 +80,11 @@ impl Projection for CostProjection {
     }
 
     async fn apply(&mut self, _tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ApplyError> {
-        for e in events.iter().filter(|e| e.known_type() == Some(EventType::TokenUsage)) {
-            let poison = |error| ApplyError::Poison {
-                position: e.position,
-                error,
-            };
-            let u = read_usage(e, &self.prices).map_err(poison)?;
-            let repo = repo_of(&e.stream_id).map_err(poison)?;
-            self.sums
-                .entry(u.day)
-                .or_default()
-                .add(&[repo, &u.agent_id, &u.model], &u)
-                .map_err(poison)?;
-        }
-        Ok(())
+        let sums = &mut self.sums;
+        each_usage(events, &self.prices, |e, u| {
+            let repo = repo_of(&e.stream_id)?;
+            sums.entry(u.day).or_default().add(&[repo, &u.agent_id, &u.model], u)
+        })
     }
 
     async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), ApplyError> {
@@ -121,14 +101,8 @@ impl Projection for CostProjection {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        let (mut input, mut output, mut cache_read, mut cache_write) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut counts, mut unpriced) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let mut cost: Vec<Decimal> = Vec::with_capacity(n);
+        let mut sums = SumColumns::with_capacity(n);
+        let mut unpriced = Vec::with_capacity(n);
         let mut unpriced_total = 0i64;
         for (day, rows) in &days {
             for (key, t) in rows {
@@ -137,31 +111,14 @@ impl Projection for CostProjection {
                 repos.push(cols.next().unwrap_or_default());
                 agents.push(cols.next().unwrap_or_default());
                 models.push(cols.next().unwrap_or_default());
-                input.push(t.tokens.input);
-                output.push(t.tokens.output);
-                cache_read.push(t.tokens.cache_read);
-                cache_write.push(t.tokens.cache_write);
-                cost.push(t.cost_usd);
-                counts.push(t.events);
+                sums.push(t);
                 unpriced.push(t.unpriced_events);
                 // Only a metric: saturating is enough (each row's count is checked in `Totals`).
                 unpriced_total = unpriced_total.saturating_add(t.unpriced_events);
             }
         }
-        sqlx::query(UPSERT)
-            .bind(day_col)
-            .bind(repos)
-            .bind(agents)
-            .bind(models)
-            .bind(input)
-            .bind(output)
-            .bind(cache_read)
-            .bind(cache_write)
-            .bind(cost)
-            .bind(counts)
-            .bind(unpriced)
-            .execute(&mut *tx)
-            .await?;
+        let keys = sqlx::query(UPSERT).bind(day_col).bind(repos).bind(agents).bind(models);
+        sums.bind(keys).bind(unpriced).execute(&mut *tx).await?;
         self.unpriced_pending = u64::try_from(unpriced_total).unwrap_or(0);
         Ok(())
     }

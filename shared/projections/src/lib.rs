@@ -8,6 +8,7 @@
 pub mod cost;
 pub mod notifier;
 pub mod stale_heartbeat;
+mod sums;
 pub mod token;
 
 pub use rig_consumer::Projection;

@@ -8,26 +8,16 @@
 //! fetched; the checkpoint still moves past them. An event whose data cannot be read pauses the
 //! consumer at that position (`rigctl skip` dead-letters it); it is never counted as zero.
 
+use crate::sums::{each_usage, SumColumns, CATCH_UP_CHUNKS, POOL_SIZE, USAGE_TYPES};
 use crate::TOKEN_PROJECTOR;
 use rig_consumer::{ApplyError, ConsumerInfo, Projection};
 use rig_events::money::PriceTable;
-use rig_events::usage::{key_columns, read_usage, RowSums};
-use rig_events::{EventType, StoredEvent};
+use rig_events::usage::{key_columns, RowSums};
+use rig_events::StoredEvent;
 use rig_ops::telemetry::PrometheusHandle;
 use rig_ops::Settings;
-use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
-
-/// Connections: the batch transaction, its catch-up reader, the LISTEN connection, the head
-/// query and `/readyz`.
-const POOL_SIZE: u32 = 5;
-
-/// While behind, one transaction sums this many chunks of `consumer.batch_size` events before
-/// writing (50,000 events at the default 500): the write costs per row touched, not per event,
-/// so fewer, bigger transactions rebuild faster. Memory stays bounded by a few chunks plus one
-/// entry per row touched.
-const CATCH_UP_CHUNKS: i64 = 100;
 
 pub struct TokenProjection {
     prices: PriceTable,
@@ -63,8 +53,7 @@ impl Projection for TokenProjection {
     }
 
     fn event_types(&self) -> Option<&'static [&'static str]> {
-        const TYPES: &[&str] = &[EventType::TokenUsage.name()];
-        Some(TYPES)
+        Some(USAGE_TYPES)
     }
 
     fn catch_up_chunks(&self) -> i64 {
@@ -80,17 +69,10 @@ impl Projection for TokenProjection {
     }
 
     async fn apply(&mut self, _tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ApplyError> {
-        for e in events.iter().filter(|e| e.known_type() == Some(EventType::TokenUsage)) {
-            let poison = |error| ApplyError::Poison {
-                position: e.position,
-                error,
-            };
-            let u = read_usage(e, &self.prices).map_err(poison)?;
-            self.sums
-                .add(&[&e.stream_id, &u.agent_id, &u.model], &u)
-                .map_err(poison)?;
-        }
-        Ok(())
+        let sums = &mut self.sums;
+        each_usage(events, &self.prices, |e, u| {
+            sums.add(&[&e.stream_id, &u.agent_id, &u.model], u)
+        })
     }
 
     async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), ApplyError> {
@@ -101,36 +83,15 @@ impl Projection for TokenProjection {
         let n = rows.len();
         let (mut streams, mut agents, mut models) =
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        let (mut input, mut output, mut cache_read, mut cache_write, mut counts) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let mut cost: Vec<Decimal> = Vec::with_capacity(n);
+        let mut sums = SumColumns::with_capacity(n);
         for (key, t) in &rows {
             let mut cols = key_columns(key);
             streams.push(cols.next().unwrap_or_default());
             agents.push(cols.next().unwrap_or_default());
             models.push(cols.next().unwrap_or_default());
-            input.push(t.tokens.input);
-            output.push(t.tokens.output);
-            cache_read.push(t.tokens.cache_read);
-            cache_write.push(t.tokens.cache_write);
-            cost.push(t.cost_usd);
-            counts.push(t.events);
+            sums.push(t);
         }
-        sqlx::query(UPSERT)
-            .bind(streams)
-            .bind(agents)
-            .bind(models)
-            .bind(input)
-            .bind(output)
-            .bind(cache_read)
-            .bind(cache_write)
-            .bind(cost)
-            .bind(counts)
+        sums.bind(sqlx::query(UPSERT).bind(streams).bind(agents).bind(models))
             .execute(&mut *tx)
             .await?;
         Ok(())
