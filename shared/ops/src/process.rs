@@ -449,6 +449,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_workers_build_drops_what_cargo_run_set_for_rigctl_and_keeps_what_configures_cargo() {
+        for key in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_BIN_NAME",
+            "OUT_DIR",
+        ] {
+            assert!(set_by_cargo_for_a_crate(key), "{key}");
+        }
+        for key in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_PROFILE_DEV_DEBUG",
+            "PATH",
+        ] {
+            assert!(!set_by_cargo_for_a_crate(key), "{key}");
+        }
+    }
+
+    #[test]
     fn lines_arrive_with_the_process_name() {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut p = Spawn::new("greeter", "sh")
