@@ -3,7 +3,7 @@
 //! One copy serves two runners: `fuzz/fuzz_targets/*.rs` include this file by path (cargo fuzz,
 //! nightly, coverage-guided), and `tests/fuzz_stable.rs` feeds it proptest's inputs and the seed
 //! corpora on stable, so `cargo test` runs the same checks. It may use only what both have:
-//! rig-ingest, rig-events, rig-log, axum, serde_json, hmac, sha2 and hex. Nothing here touches a database.
+//! rig-ingest, rig-events, rig-log, rig-ops, axum, serde_json, hmac, sha2 and hex. Nothing here touches a database.
 
 use axum::response::IntoResponse;
 use hmac::{Hmac, Mac};
