@@ -7,8 +7,7 @@ use anyhow::{bail, Context};
 use rig_ops::process::{OnDrop, Output, Spawn, Supervised};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
@@ -201,16 +200,16 @@ pub fn bin(name: &str) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "--quiet", "-p", name, "--bin", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "cargo build -p {name} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // The shared build: it drops what `cargo test` set for this test binary
+        // (CARGO_MANIFEST_DIR, …), which would otherwise make build scripts run again.
+        rig_ops::process::cargo_build(
+            &cargo,
+            &target_dir(),
+            &[name],
+            true,
+            Some(Path::new(env!("CARGO_MANIFEST_DIR"))),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
         built.push(name.to_owned());
     }
     assert!(path.exists(), "binary {} not found", path.display());
