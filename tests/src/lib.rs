@@ -55,6 +55,24 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        Self::create(format!("rig_test_{}", uuid::Uuid::new_v4().simple())).await
+    }
+
+    /// A tenant of this database's deployment: a fresh, migrated database of its own (named
+    /// after this one), registered in this database's catalog as `slug`, dropped with the value.
+    pub async fn add_tenant(&self, slug: &str) -> TestDb {
+        let db = Self::create(format!("{}_{slug}", self.name)).await;
+        let tenant = rig_tenants::Tenant {
+            slug: slug.to_owned(),
+            database_name: db.name.clone(),
+            server: None,
+            enabled: true,
+        };
+        rig_tenants::register(&self.pool, &tenant).await.unwrap();
+        db
+    }
+
+    async fn create(name: String) -> TestDb {
         let server = server_url().await;
         let admin_url = rig_ops::pg::with_database(server, "postgres").unwrap();
         let template = format!("rig_tmpl_{}", migrations_fingerprint());
@@ -88,7 +106,6 @@ impl TestDb {
                 .await
                 .unwrap();
         }
-        let name = format!("rig_test_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .execute(&mut admin)
             .await
