@@ -40,20 +40,21 @@ async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: Cancellati
         pool_size: POOL_SIZE,
         listen: n.metrics_listen,
     };
-    rig_consumer::run_worker(worker, metrics, shutdown, |pool| {
-        tracing::info!(events = ?n.events, dry_run = n.dry_run, "rig-notifier notifies of these events");
-        if n.dry_run {
-            tracing::warn!("notifier.dry_run = true: messages are logged, not posted");
-        }
+    tracing::info!(events = ?n.events, dry_run = n.dry_run, "rig-notifier notifies of these events");
+    if n.dry_run {
+        tracing::warn!("notifier.dry_run = true: messages are logged, not posted");
+    }
+    let (events, dry_run, poll_interval) = (n.events.clone(), n.dry_run, settings.consumer.poll_interval);
+    rig_consumer::run_worker(worker, metrics, shutdown, move |t| {
+        // A tenant's own webhook and event list, when it has them, over the deployment's.
+        let webhook = match &t.settings.discord_webhook_url {
+            Some(url) => Some(sender::Webhook::parse(url.expose_secret())?),
+            None => webhook.clone(),
+        };
+        let events = t.settings.notifier_events.as_deref().unwrap_or(&events);
         let wake = Arc::new(Notify::new());
-        let sender = sender::Sender::new(
-            pool.clone(),
-            webhook,
-            n.dry_run,
-            wake.clone(),
-            settings.consumer.poll_interval,
-        )?;
-        let outbox = rig_projections::notifier::OutboxProjection::new(&n.events, wake);
+        let sender = sender::Sender::new(t.pool.clone(), webhook, dry_run, wake.clone(), poll_interval)?;
+        let outbox = rig_projections::notifier::OutboxProjection::new(events, wake);
         Ok((
             outbox,
             rig_consumer::companion(move |active, shutdown| sender.run(active, shutdown)),

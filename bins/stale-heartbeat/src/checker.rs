@@ -124,6 +124,15 @@ enum Transient {
     Server(StatusCode),
 }
 
+/// The path prefix of a tenant's routes on ingest: none for `default`.
+fn tenant_prefix(tenant: &str) -> String {
+    if tenant == rig_tenants::DEFAULT {
+        String::new()
+    } else {
+        format!("/t/{tenant}")
+    }
+}
+
 pub struct Checker {
     pool: PgPool,
     client: reqwest::Client,
@@ -134,7 +143,14 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(pool: PgPool, s: &StaleHeartbeatSettings) -> anyhow::Result<Self> {
+    /// The checker of `tenant`'s log: it appends through that tenant's routes of ingest, and
+    /// `threshold` (the tenant's own, when it has one) replaces the deployment's.
+    pub fn new(
+        pool: PgPool,
+        s: &StaleHeartbeatSettings,
+        tenant: &str,
+        threshold: Option<Duration>,
+    ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
@@ -143,9 +159,9 @@ impl Checker {
         Ok(Checker {
             pool,
             client,
-            events_url: format!("{}/v1/events", s.ingest_url.trim_end_matches('/')),
+            events_url: format!("{}{}/v1/events", s.ingest_url.trim_end_matches('/'), tenant_prefix(tenant)),
             token: s.ingest_token.clone(),
-            threshold: s.threshold,
+            threshold: threshold.unwrap_or(s.threshold),
             check_interval: s.check_interval,
         })
     }

@@ -28,16 +28,18 @@
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::TryStreamExt;
 use rig_events::{StoredEvent, EVENT_COLUMNS};
-use rig_log::db::{consumer_lock_key, is_transient, EVENTS_CHANNEL};
-use sqlx::postgres::{PgListener, PgRow};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use rig_log::db::{consumer_lock_key, is_transient};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+mod fleet;
 mod worker;
+pub use fleet::{tenant_lock_key, Fleet, TenantCtx};
 pub use worker::{companion, run_projection, run_worker, Companion, Worker};
 
 /// Where a consumer without a checkpoint (or after a reset) starts.
@@ -74,7 +76,7 @@ pub enum ApplyError {
 /// One transaction carries one batch: `begin`, then one or more `apply` calls (chunks of at most
 /// `batch_size` events, positions ascending across calls), then `flush`, then the checkpoint.
 /// If anything fails the transaction rolls back and the next one starts with `begin` again.
-pub trait Projection: Send + 'static {
+pub trait Projection: Send + Sync + 'static {
     fn info(&self) -> &'static ConsumerInfo;
 
     /// Applies a chunk of events (positions ascending) inside the consumer's transaction.
@@ -280,7 +282,8 @@ pub struct Consumer<P: Projection> {
     pool: PgPool,
     projection: P,
     cfg: ConsumerConfig,
-    active: watch::Sender<bool>,
+    /// The tenant whose log this is (`default` for the control database's own).
+    tenant: String,
     /// Set after a non-transient failure: where the failing event may be.
     suspect: Option<Suspects>,
     failures_at: Option<(i64, u32)>,
@@ -306,12 +309,11 @@ pub async fn ensure_checkpoint(pool: &PgPool, info: &ConsumerInfo) -> Result<(),
 
 impl<P: Projection> Consumer<P> {
     pub fn new(pool: PgPool, projection: P, cfg: ConsumerConfig) -> Self {
-        let (active, _) = watch::channel(false);
         Consumer {
             pool,
             projection,
             cfg,
-            active,
+            tenant: rig_tenants::DEFAULT.to_owned(),
             suspect: None,
             failures_at: None,
             wake: Arc::new(Notify::new()),
@@ -327,9 +329,11 @@ impl<P: Projection> Consumer<P> {
         &self.projection
     }
 
-    /// Follows whether this instance is the active one (side tasks run only while it is).
-    pub fn active_watch(&self) -> watch::Receiver<bool> {
-        self.active.subscribe()
+    /// The consumer of `tenant`'s log, woken by `wake` (which the fleet's LISTEN signals).
+    pub fn for_tenant(mut self, tenant: &str, wake: Arc<Notify>) -> Self {
+        self.tenant = tenant.to_owned();
+        self.wake = wake;
+        self
     }
 
     /// Applies at most one batch. Tests call this until `Idle` instead of sleeping.
@@ -366,12 +370,12 @@ impl<P: Projection> Consumer<P> {
             ensure_checkpoint(&self.pool, self.projection.info()).await?;
             return Ok(Outcome::Fenced);
         };
-        metrics::gauge!("rig_consumer_paused", "consumer" => name).set(if cp.paused_position.is_some() {
+        metrics::gauge!("rig_consumer_paused", "consumer" => name, "tenant" => self.tenant.clone()).set(if cp.paused_position.is_some() {
             1.0
         } else {
             0.0
         });
-        metrics::gauge!("rig_consumer_position", "consumer" => name).set(cp.position as f64);
+        metrics::gauge!("rig_consumer_position", "consumer" => name, "tenant" => self.tenant.clone()).set(cp.position as f64);
         if let Some(p) = cp.paused_position {
             tx.commit().await?;
             return Ok(Outcome::Paused {
@@ -480,16 +484,16 @@ impl<P: Projection> Consumer<P> {
         .await?;
         let Some(head) = moved else {
             tx.rollback().await?;
-            metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => "fenced").increment(1);
+            metrics::counter!("rig_consumer_errors_total", "consumer" => name, "tenant" => self.tenant.clone(), "kind" => "fenced").increment(1);
             return Ok(Outcome::Fenced);
         };
         tx.commit().await?;
         self.head = Some(head.unwrap_or(0));
         self.failures_at = None;
         self.projection.after_commit();
-        metrics::counter!("rig_consumer_events_total", "consumer" => name).increment(scanned as u64);
-        metrics::gauge!("rig_consumer_position", "consumer" => name).set(position as f64);
-        metrics::histogram!("rig_consumer_batch_duration_seconds", "consumer" => name)
+        metrics::counter!("rig_consumer_events_total", "consumer" => name, "tenant" => self.tenant.clone()).increment(scanned as u64);
+        metrics::gauge!("rig_consumer_position", "consumer" => name, "tenant" => self.tenant.clone()).set(position as f64);
+        metrics::histogram!("rig_consumer_batch_duration_seconds", "consumer" => name, "tenant" => self.tenant.clone())
             .record(started.elapsed().as_secs_f64());
         Ok(Outcome::Applied {
             events: scanned,
@@ -639,7 +643,7 @@ impl<P: Projection> Consumer<P> {
             ApplyError::Poison { position, error } => ((position, position), error),
         };
         let name = self.name();
-        metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => "handler").increment(1);
+        metrics::counter!("rig_consumer_errors_total", "consumer" => name, "tenant" => self.tenant.clone(), "kind" => "handler").increment(1);
         if from != to || applied > 1 {
             // Apply what precedes the suspects in bulk, then the suspects one per transaction.
             self.suspect = Some(Suspects { from, to });
@@ -676,71 +680,40 @@ impl<P: Projection> Consumer<P> {
         .await?;
         self.failures_at = None;
         self.suspect = None;
-        metrics::gauge!("rig_consumer_paused", "consumer" => name).set(1.0);
+        metrics::gauge!("rig_consumer_paused", "consumer" => name, "tenant" => self.tenant.clone()).set(1.0);
         Ok(Outcome::Paused { position, checkpoint })
     }
-    /// Runs until `shutdown`: waits to become the active instance, then tails the log.
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Runs until `stop`, as the one instance working this consumer (the fleet holds its lock):
+    /// tails the log, backing off while the database is away.
+    pub async fn run_led(mut self, stop: CancellationToken) {
         let name = self.name();
         let info = self.projection.info();
-        register_metrics(name);
-        self.spawn_listener(shutdown.clone());
+        register_metrics(name, &self.tenant);
+        metrics::gauge!("rig_consumer_active", "consumer" => name, "tenant" => self.tenant.clone()).set(1.0);
         let mut backoff = new_backoff();
-        while !shutdown.is_cancelled() {
-            // 1. Become the active instance.
-            let lock = match self.acquire_leadership(&shutdown).await {
-                Ok(Some(conn)) => conn,
-                Ok(None) => break,
+        while !stop.is_cancelled() {
+            match self.tail(&stop, info).await {
+                Ok(()) => break,
                 Err(e) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                    tracing::warn!(consumer = name, error = %e, ?delay, "cannot reach the database; retrying");
-                    metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => "transient")
-                        .increment(1);
-                    sleep_or_cancel(delay, &shutdown).await;
-                    continue;
+                    tracing::warn!(consumer = name, tenant = %self.tenant, error = %e, ?delay, "lost the database; retrying");
+                    metrics::counter!("rig_consumer_errors_total", "consumer" => name, "tenant" => self.tenant.clone(), "kind" => "transient").increment(1);
+                    sleep_or_cancel(delay, &stop).await;
                 }
-            };
-            tracing::info!(consumer = name, "active instance: tailing the log");
-            metrics::gauge!("rig_consumer_active", "consumer" => name).set(1.0);
-            self.active.send_replace(true);
-            let r = self.tail(lock, &shutdown, info).await;
-            self.active.send_replace(false);
-            metrics::gauge!("rig_consumer_active", "consumer" => name).set(0.0);
-            if let Err(e) = r {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                tracing::warn!(consumer = name, error = %e, ?delay, "lost the database; standing down and retrying");
-                metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => "transient").increment(1);
-                sleep_or_cancel(delay, &shutdown).await;
-            } else {
-                backoff = new_backoff();
             }
         }
-        tracing::info!(consumer = name, "stopped");
-        Ok(())
+        metrics::gauge!("rig_consumer_active", "consumer" => name, "tenant" => self.tenant.clone()).set(0.0);
     }
 
-    /// Tails while holding the leadership lock. Returns Ok on shutdown, Err when the database
-    /// went away (the caller stands down, backs off and competes for the lock again).
-    async fn tail(
-        &mut self,
-        mut lock: PgConnection,
-        shutdown: &CancellationToken,
-        info: &'static ConsumerInfo,
-    ) -> Result<(), sqlx::Error> {
+    /// Tails the log. Returns Ok on shutdown, Err when the database went away (the caller backs
+    /// off and comes back).
+    async fn tail(&mut self, shutdown: &CancellationToken, info: &'static ConsumerInfo) -> Result<(), sqlx::Error> {
         let name = info.name;
         ensure_checkpoint(&self.pool, info).await?;
         let mut backoff = new_backoff();
-        let mut lock_checked = Instant::now();
         loop {
             if shutdown.is_cancelled() {
-                let _ = lock.close().await;
                 return Ok(());
-            }
-            if lock_checked.elapsed() > Duration::from_secs(1) {
-                // The lock lives as long as its connection; a dead connection means we are no
-                // longer the active instance (the compare-and-set keeps us honest meanwhile).
-                sqlx::query("SELECT 1").execute(&mut lock).await?;
-                lock_checked = Instant::now();
             }
             let outcome = match self.run_once().await {
                 Ok(o) => {
@@ -750,12 +723,9 @@ impl<P: Projection> Consumer<P> {
                 Err(e) if is_transient(&e) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(consumer = name, error = %e, ?delay, "transient database error; backing off");
-                    metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => "transient")
+                    metrics::counter!("rig_consumer_errors_total", "consumer" => name, "tenant" => self.tenant.clone(), "kind" => "transient")
                         .increment(1);
                     sleep_or_cancel(delay, shutdown).await;
-                    if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
-                        return Err(e);
-                    }
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -789,7 +759,7 @@ impl<P: Projection> Consumer<P> {
         }
     }
 
-    async fn export_head(&self, outcome: &Outcome) {
+    async fn export_head(&mut self, outcome: &Outcome) {
         let name = self.name();
         // While paused the head moves on and the lag grows: an operator's alert must see it.
         let position = match outcome {
@@ -807,105 +777,26 @@ impl<P: Projection> Consumer<P> {
         };
         if let Ok(head) = head {
             let head = head.unwrap_or(0);
-            metrics::gauge!("rig_consumer_head_position", "consumer" => name).set(head as f64);
+            metrics::gauge!("rig_consumer_head_position", "consumer" => name, "tenant" => self.tenant.clone()).set(head as f64);
             if let Some(p) = position {
-                metrics::gauge!("rig_consumer_lag_events", "consumer" => name).set((head - p).max(0) as f64);
+                metrics::gauge!("rig_consumer_lag_events", "consumer" => name, "tenant" => self.tenant.clone()).set((head - p).max(0) as f64);
             }
         }
-    }
-
-    /// Takes the session advisory lock on a dedicated connection, waiting as a hot standby while
-    /// another instance holds it. `None` on shutdown.
-    async fn acquire_leadership(&self, shutdown: &CancellationToken) -> Result<Option<PgConnection>, sqlx::Error> {
-        let name = self.name();
-        let key = consumer_lock_key(name);
-        let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
-        let mut logged = false;
-        loop {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(key)
-                .fetch_one(&mut conn)
-                .await?;
-            if got {
-                return Ok(Some(conn));
-            }
-            if !logged {
-                tracing::info!(consumer = name, "another instance is active; waiting as hot standby");
-                logged = true;
-            }
-            // A standby still reports where the active instance is (at 0 before the active one
-            // made its checkpoint row: nothing is applied yet).
-            if let Ok((pos, head)) = sqlx::query_as::<_, (i64, Option<i64>)>(
-                "SELECT coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0), \
-                        (SELECT max(position) FROM events)",
-            )
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await
-            {
-                let head = head.unwrap_or(0);
-                metrics::gauge!("rig_consumer_position", "consumer" => name).set(pos as f64);
-                metrics::gauge!("rig_consumer_head_position", "consumer" => name).set(head as f64);
-                metrics::gauge!("rig_consumer_lag_events", "consumer" => name).set((head - pos).max(0) as f64);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.cfg.poll_interval.min(Duration::from_secs(1))) => {}
-                _ = shutdown.cancelled() => {
-                    let _ = conn.close().await;
-                    return Ok(None);
-                }
-            }
-        }
-    }
-
-    /// LISTEN in its own task; every notification (and every reconnect) wakes the loop.
-    fn spawn_listener(&self, shutdown: CancellationToken) {
-        let pool = self.pool.clone();
-        let wake = self.wake.clone();
-        tokio::spawn(async move {
-            let mut backoff = new_backoff();
-            while !shutdown.is_cancelled() {
-                let mut listener = match PgListener::connect_with(&pool).await {
-                    Ok(l) => l,
-                    Err(_) => {
-                        sleep_or_cancel(backoff.next().unwrap_or(Duration::from_secs(10)), &shutdown).await;
-                        continue;
-                    }
-                };
-                if listener.listen(EVENTS_CHANNEL).await.is_err() {
-                    sleep_or_cancel(backoff.next().unwrap_or(Duration::from_secs(10)), &shutdown).await;
-                    continue;
-                }
-                backoff = new_backoff();
-                // Anything appended while we were not listening is found by this wake-up.
-                wake.notify_one();
-                loop {
-                    tokio::select! {
-                        r = listener.try_recv() => match r {
-                            Ok(Some(_)) => wake.notify_one(),
-                            // Connection lost: reconnect (and wake once, above).
-                            Ok(None) | Err(_) => break,
-                        },
-                        _ = shutdown.cancelled() => return,
-                    }
-                }
-            }
-        });
     }
 }
 
 /// Every per-consumer metric, registered at start with its resting value, so that a
 /// hot standby, or a consumer that has not applied anything yet, already shows the whole set (an
 /// alert that finds a series missing cannot tell "zero" from "not running").
-fn register_metrics(name: &'static str) {
-    metrics::gauge!("rig_consumer_active", "consumer" => name).set(0.0);
-    metrics::gauge!("rig_consumer_paused", "consumer" => name).set(0.0);
-    metrics::counter!("rig_consumer_events_total", "consumer" => name).increment(0);
+fn register_metrics(name: &'static str, tenant: &str) {
+    metrics::gauge!("rig_consumer_active", "consumer" => name, "tenant" => tenant.to_owned()).set(0.0);
+    metrics::gauge!("rig_consumer_paused", "consumer" => name, "tenant" => tenant.to_owned()).set(0.0);
+    metrics::counter!("rig_consumer_events_total", "consumer" => name, "tenant" => tenant.to_owned()).increment(0);
     for kind in ["transient", "handler", "fenced"] {
-        metrics::counter!("rig_consumer_errors_total", "consumer" => name, "kind" => kind).increment(0);
+        metrics::counter!("rig_consumer_errors_total", "consumer" => name, "tenant" => tenant.to_owned(), "kind" => kind).increment(0);
     }
     // Registered, not recorded: it renders with a count of 0.
-    let _ = metrics::histogram!("rig_consumer_batch_duration_seconds", "consumer" => name);
+    let _ = metrics::histogram!("rig_consumer_batch_duration_seconds", "consumer" => name, "tenant" => tenant.to_owned());
 }
 
 fn new_backoff() -> impl Iterator<Item = Duration> {

@@ -12,7 +12,7 @@
 use crate::sums::{each_usage, SumColumns, CATCH_UP_CHUNKS, POOL_SIZE, USAGE_TYPES};
 use crate::COST_PROJECTOR;
 use chrono::NaiveDate;
-use rig_consumer::{ApplyError, ConsumerInfo, Projection};
+use rig_consumer::{TenantCtx, ApplyError, ConsumerInfo, Projection};
 use rig_events::money::PriceTable;
 use rig_events::usage::{key_columns, repo_of, RowSums, Totals};
 use rig_events::StoredEvent;
@@ -131,9 +131,13 @@ impl Projection for CostProjection {
     }
 }
 
-/// Serves the operations endpoints and runs the consumer (active or hot standby) until `shutdown`.
+/// Serves the operations endpoints and runs the consumer of each tenant this replica works (a
+/// tenant's own prices, when it has some, over the deployment's) until `shutdown`.
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let projection = CostProjection::new(PriceTable::new(&settings.prices));
+    let prices = settings.prices.clone();
+    let projection = move |t: &TenantCtx<'_>| {
+        Ok(CostProjection::new(PriceTable::new(t.settings.prices.as_deref().unwrap_or(&prices))))
+    };
     let worker = rig_consumer::Worker {
         name: "rig-cost-projector",
         settings: &settings,

@@ -50,6 +50,9 @@ pub struct TenantSettings {
     pub webhook_secret: Option<SecretString>,
     pub approve_label: Option<String>,
     pub prices: Option<Vec<Price>>,
+    /// Changes whenever any stored value changes (secrets included), so a process can tell that
+    /// what it built from these settings is out of date.
+    pub fingerprint: u64,
 }
 
 /// Refuses a key that is not a setting, naming the ones there are.
@@ -127,7 +130,15 @@ impl TenantSettings {
     /// Builds the settings from stored rows (checked when stored; a row that no longer reads is
     /// ignored rather than stopping a process).
     fn from_rows(rows: impl IntoIterator<Item = (String, String)>) -> TenantSettings {
-        let mut s = TenantSettings::default();
+        use std::hash::{Hash, Hasher};
+        let mut rows: Vec<(String, String)> = rows.into_iter().collect();
+        rows.sort();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        rows.hash(&mut hasher);
+        let mut s = TenantSettings {
+            fingerprint: hasher.finish(),
+            ..TenantSettings::default()
+        };
         for (key, value) in rows {
             match key.as_str() {
                 "notifier.discord_webhook_url" => s.discord_webhook_url = Some(SecretString::from(value)),

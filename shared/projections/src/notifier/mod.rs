@@ -31,15 +31,27 @@ impl OutboxProjection {
     /// `types`: the event types to post (`notifier.events`); `wake` is notified after a commit
     /// that added messages.
     pub fn new(types: &[String], wake: Arc<Notify>) -> Self {
-        // Leaked once per process (one projection): the runtime wants a 'static list.
-        let wanted: Vec<&'static str> = types.iter().map(|t| &*Box::leak(t.clone().into_boxed_str())).collect();
         OutboxProjection {
             types: types.iter().cloned().collect(),
-            wanted: Box::leak(wanted.into_boxed_slice()),
+            wanted: wanted_list(types),
             wake,
             added: false,
         }
     }
+}
+
+/// The runtime wants a `'static` list of types. One is made per distinct list: a tenant's
+/// consumer is rebuilt whenever its settings change, and must not leak a list each time.
+fn wanted_list(types: &[String]) -> &'static [&'static str] {
+    static LISTS: std::sync::Mutex<Vec<&'static [&'static str]>> = std::sync::Mutex::new(Vec::new());
+    let mut lists = LISTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(l) = lists.iter().find(|l| l.iter().copied().eq(types.iter().map(String::as_str))) {
+        return l;
+    }
+    let names: Vec<&'static str> = types.iter().map(|t| &*Box::leak(t.clone().into_boxed_str())).collect();
+    let l: &'static [&'static str] = Box::leak(names.into_boxed_slice());
+    lists.push(l);
+    l
 }
 
 impl Projection for OutboxProjection {
