@@ -123,7 +123,12 @@ async fn wait_ready(db: &TestDb, n: &Notifier) {
         "the notifier to be active at the head",
         Duration::from_secs(20),
         || async {
-            let active = metric(&n.metrics, "rig_consumer_active{consumer=\"notifier\"}").await == Some(1.0);
+            let active = metric(
+                &n.metrics,
+                "rig_consumer_active{consumer=\"notifier\",tenant=\"default\"}",
+            )
+            .await
+                == Some(1.0);
             (active
                 && db
                     .count("SELECT count(*) FROM checkpoints WHERE consumer = 'notifier'")

@@ -64,7 +64,13 @@ async fn wait_active(w: &Worker) {
         "the worker to be the active instance",
         Duration::from_secs(20),
         || async {
-            (metric(&w.metrics, "rig_consumer_active{consumer=\"stale-heartbeat\"}").await == Some(1.0)).then_some(())
+            (metric(
+                &w.metrics,
+                "rig_consumer_active{consumer=\"stale-heartbeat\",tenant=\"default\"}",
+            )
+            .await
+                == Some(1.0))
+            .then_some(())
         },
     )
     .await;
@@ -427,7 +433,11 @@ async fn two_instances_emit_once_and_the_standby_takes_over() {
     let b = spawn_worker(&db, &ingest.base);
     wait_http_ok(&b.metrics.replace("/metrics", "/readyz"), Duration::from_secs(60)).await;
     assert_eq!(
-        metric(&b.metrics, "rig_consumer_active{consumer=\"stale-heartbeat\"}").await,
+        metric(
+            &b.metrics,
+            "rig_consumer_active{consumer=\"stale-heartbeat\",tenant=\"default\"}"
+        )
+        .await,
         Some(0.0)
     );
 

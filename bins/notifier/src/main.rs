@@ -44,6 +44,7 @@ async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: Cancellati
     if n.dry_run {
         tracing::warn!("notifier.dry_run = true: messages are logged, not posted");
     }
+    sender::register_metrics();
     let (events, dry_run, poll_interval) = (n.events.clone(), n.dry_run, settings.consumer.poll_interval);
     rig_consumer::run_worker(worker, metrics, shutdown, move |t| {
         // A tenant's own webhook and event list, when it has them, over the deployment's.

@@ -31,6 +31,16 @@ const DISABLED_REPORT_EVERY: Duration = Duration::from_secs(60);
 /// Longest wait Discord may ask for before we try again anyway.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
+/// The sender's metrics at rest, registered once per process: a hot standby, which runs no
+/// sender, shows them too.
+pub fn register_metrics() {
+    for reason in ["rate_limited", "server_error", "network", "rejected"] {
+        metrics::counter!("rig_notifier_failed_total", "reason" => reason).increment(0);
+    }
+    metrics::counter!("rig_notifier_sent_total").increment(0);
+    metrics::gauge!("rig_notifier_webhook_disabled").set(0.0);
+}
+
 /// The webhook URL with `wait=true`. Holds a token: `Debug` prints nothing of it.
 #[derive(Clone)]
 pub struct Webhook(Url);
@@ -129,11 +139,6 @@ impl Sender {
 
     /// Sends while this instance is the active one, until `shutdown`.
     pub async fn run(mut self, mut active: watch::Receiver<bool>, shutdown: CancellationToken) {
-        for reason in ["rate_limited", "server_error", "network", "rejected"] {
-            metrics::counter!("rig_notifier_failed_total", "reason" => reason).increment(0);
-        }
-        metrics::counter!("rig_notifier_sent_total").increment(0);
-        metrics::gauge!("rig_notifier_webhook_disabled").set(0.0);
         loop {
             while !*active.borrow_and_update() {
                 tokio::select! {

@@ -133,6 +133,17 @@ fn tenant_prefix(tenant: &str) -> String {
     }
 }
 
+/// The checker's metrics at rest, registered once per process: a hot standby, which runs no
+/// checker, shows them too.
+pub fn register_metrics() {
+    for kind in ["network", "server", "refused", "database"] {
+        metrics::counter!("rig_stale_heartbeat_errors_total", "kind" => kind).increment(0);
+    }
+    metrics::counter!("rig_stale_heartbeat_stuck_total").increment(0);
+    metrics::counter!("rig_stale_heartbeat_checks_total").increment(0);
+    metrics::counter!("rig_stale_heartbeat_conflicts_total").increment(0);
+}
+
 pub struct Checker {
     pool: PgPool,
     client: reqwest::Client,
@@ -159,7 +170,11 @@ impl Checker {
         Ok(Checker {
             pool,
             client,
-            events_url: format!("{}{}/v1/events", s.ingest_url.trim_end_matches('/'), tenant_prefix(tenant)),
+            events_url: format!(
+                "{}{}/v1/events",
+                s.ingest_url.trim_end_matches('/'),
+                tenant_prefix(tenant)
+            ),
             token: s.ingest_token.clone(),
             threshold: threshold.unwrap_or(s.threshold),
             check_interval: s.check_interval,
@@ -168,12 +183,6 @@ impl Checker {
 
     /// Checks every `check_interval` while this instance is the active one, until `shutdown`.
     pub async fn run(self, mut active: watch::Receiver<bool>, shutdown: CancellationToken) {
-        for kind in ["network", "server", "refused", "database"] {
-            metrics::counter!("rig_stale_heartbeat_errors_total", "kind" => kind).increment(0);
-        }
-        metrics::counter!("rig_stale_heartbeat_stuck_total").increment(0);
-        metrics::counter!("rig_stale_heartbeat_checks_total").increment(0);
-        metrics::counter!("rig_stale_heartbeat_conflicts_total").increment(0);
         loop {
             // Wait to become the active instance.
             while !*active.borrow_and_update() {

@@ -25,12 +25,16 @@ async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: Cancellati
         pool_size: POOL_SIZE,
         listen: settings.stale_heartbeat.metrics_listen,
     };
+    checker::register_metrics();
     let s = settings.stale_heartbeat.clone();
     tracing::info!(threshold = ?s.threshold, check_interval = ?s.check_interval, "rig-stale-heartbeat checking for silent agents");
     rig_consumer::run_worker(worker, metrics, shutdown, move |t| {
         let checker = checker::Checker::new(t.pool.clone(), &s, t.slug, t.settings.stale_threshold)?;
         let projection = rig_projections::stale_heartbeat::StaleHeartbeatProjection;
-        Ok((projection, rig_consumer::companion(move |active, shutdown| checker.run(active, shutdown))))
+        Ok((
+            projection,
+            rig_consumer::companion(move |active, shutdown| checker.run(active, shutdown)),
+        ))
     })
     .await
 }

@@ -190,7 +190,12 @@ impl<P: Projection> Fleet<P> {
         // Let go of what is no longer ours to work: disabled or removed tenants, and, when over
         // our share, the tenants another replica prefers.
         let enabled_slugs: Vec<String> = enabled.iter().map(|t| t.slug.clone()).collect();
-        let gone: Vec<String> = self.held.keys().filter(|s| !enabled_slugs.contains(s)).cloned().collect();
+        let gone: Vec<String> = self
+            .held
+            .keys()
+            .filter(|s| !enabled_slugs.contains(s))
+            .cloned()
+            .collect();
         for slug in gone {
             tracing::info!(consumer = self.consumer, tenant = %slug, "tenant disabled or removed: no longer served");
             self.release(&slug, true).await;
@@ -242,7 +247,10 @@ impl<P: Projection> Fleet<P> {
                     break;
                 }
                 let key = tenant_lock_key(self.consumer, &t.slug);
-                let standing = self.standing.as_mut().ok_or_else(|| anyhow::anyhow!("no lock connection"))?;
+                let standing = self
+                    .standing
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("no lock connection"))?;
                 let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                     .bind(key)
                     .fetch_one(&mut standing.lock)
@@ -251,7 +259,10 @@ impl<P: Projection> Fleet<P> {
                     if let Err(e) = self.start(&t, key) {
                         tracing::error!(consumer = self.consumer, tenant = %t.slug, error = %e, "cannot start the tenant's consumer");
                         if let Some(s) = self.standing.as_mut() {
-                            let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut s.lock).await;
+                            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                                .bind(key)
+                                .execute(&mut s.lock)
+                                .await;
                         }
                     }
                 }
@@ -281,7 +292,10 @@ impl<P: Projection> Fleet<P> {
     /// lock connection, so it also proves that connection (and with it our locks) is alive.
     async fn replicas(&mut self) -> anyhow::Result<(usize, usize)> {
         let keys: Vec<i64> = (0..MAX_REPLICAS).map(|s| slot_key(self.consumer, s)).collect();
-        let standing = self.standing.as_mut().ok_or_else(|| anyhow::anyhow!("no lock connection"))?;
+        let standing = self
+            .standing
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no lock connection"))?;
         let live: Vec<i64> = sqlx::query_scalar(
             "SELECT s.slot - 1 FROM unnest($1::bigint[]) WITH ORDINALITY AS s(key, slot) \
              WHERE EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
@@ -379,7 +393,10 @@ impl<P: Projection> Fleet<P> {
         let _ = h.task.await;
         if unlock {
             if let Some(s) = self.standing.as_mut() {
-                let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(h.key).execute(&mut s.lock).await;
+                let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(h.key)
+                    .execute(&mut s.lock)
+                    .await;
             }
         }
         metrics::gauge!("rig_consumer_active", "consumer" => self.consumer, "tenant" => slug.to_owned()).set(0.0);

@@ -370,12 +370,10 @@ impl<P: Projection> Consumer<P> {
             ensure_checkpoint(&self.pool, self.projection.info()).await?;
             return Ok(Outcome::Fenced);
         };
-        metrics::gauge!("rig_consumer_paused", "consumer" => name, "tenant" => self.tenant.clone()).set(if cp.paused_position.is_some() {
-            1.0
-        } else {
-            0.0
-        });
-        metrics::gauge!("rig_consumer_position", "consumer" => name, "tenant" => self.tenant.clone()).set(cp.position as f64);
+        metrics::gauge!("rig_consumer_paused", "consumer" => name, "tenant" => self.tenant.clone())
+            .set(if cp.paused_position.is_some() { 1.0 } else { 0.0 });
+        metrics::gauge!("rig_consumer_position", "consumer" => name, "tenant" => self.tenant.clone())
+            .set(cp.position as f64);
         if let Some(p) = cp.paused_position {
             tx.commit().await?;
             return Ok(Outcome::Paused {
@@ -491,8 +489,10 @@ impl<P: Projection> Consumer<P> {
         self.head = Some(head.unwrap_or(0));
         self.failures_at = None;
         self.projection.after_commit();
-        metrics::counter!("rig_consumer_events_total", "consumer" => name, "tenant" => self.tenant.clone()).increment(scanned as u64);
-        metrics::gauge!("rig_consumer_position", "consumer" => name, "tenant" => self.tenant.clone()).set(position as f64);
+        metrics::counter!("rig_consumer_events_total", "consumer" => name, "tenant" => self.tenant.clone())
+            .increment(scanned as u64);
+        metrics::gauge!("rig_consumer_position", "consumer" => name, "tenant" => self.tenant.clone())
+            .set(position as f64);
         metrics::histogram!("rig_consumer_batch_duration_seconds", "consumer" => name, "tenant" => self.tenant.clone())
             .record(started.elapsed().as_secs_f64());
         Ok(Outcome::Applied {
@@ -777,9 +777,11 @@ impl<P: Projection> Consumer<P> {
         };
         if let Ok(head) = head {
             let head = head.unwrap_or(0);
-            metrics::gauge!("rig_consumer_head_position", "consumer" => name, "tenant" => self.tenant.clone()).set(head as f64);
+            metrics::gauge!("rig_consumer_head_position", "consumer" => name, "tenant" => self.tenant.clone())
+                .set(head as f64);
             if let Some(p) = position {
-                metrics::gauge!("rig_consumer_lag_events", "consumer" => name, "tenant" => self.tenant.clone()).set((head - p).max(0) as f64);
+                metrics::gauge!("rig_consumer_lag_events", "consumer" => name, "tenant" => self.tenant.clone())
+                    .set((head - p).max(0) as f64);
             }
         }
     }
@@ -796,7 +798,8 @@ fn register_metrics(name: &'static str, tenant: &str) {
         metrics::counter!("rig_consumer_errors_total", "consumer" => name, "tenant" => tenant.to_owned(), "kind" => kind).increment(0);
     }
     // Registered, not recorded: it renders with a count of 0.
-    let _ = metrics::histogram!("rig_consumer_batch_duration_seconds", "consumer" => name, "tenant" => tenant.to_owned());
+    let _ =
+        metrics::histogram!("rig_consumer_batch_duration_seconds", "consumer" => name, "tenant" => tenant.to_owned());
 }
 
 fn new_backoff() -> impl Iterator<Item = Duration> {

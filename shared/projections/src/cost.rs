@@ -12,7 +12,7 @@
 use crate::sums::{each_usage, SumColumns, CATCH_UP_CHUNKS, POOL_SIZE, USAGE_TYPES};
 use crate::COST_PROJECTOR;
 use chrono::NaiveDate;
-use rig_consumer::{TenantCtx, ApplyError, ConsumerInfo, Projection};
+use rig_consumer::{ApplyError, ConsumerInfo, Projection, TenantCtx};
 use rig_events::money::PriceTable;
 use rig_events::usage::{key_columns, repo_of, RowSums, Totals};
 use rig_events::StoredEvent;
@@ -136,7 +136,9 @@ impl Projection for CostProjection {
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
     let prices = settings.prices.clone();
     let projection = move |t: &TenantCtx<'_>| {
-        Ok(CostProjection::new(PriceTable::new(t.settings.prices.as_deref().unwrap_or(&prices))))
+        Ok(CostProjection::new(PriceTable::new(
+            t.settings.prices.as_deref().unwrap_or(&prices),
+        )))
     };
     let worker = rig_consumer::Worker {
         name: "rig-cost-projector",

@@ -10,7 +10,7 @@
 
 use crate::sums::{each_usage, SumColumns, CATCH_UP_CHUNKS, POOL_SIZE, USAGE_TYPES};
 use crate::TOKEN_PROJECTOR;
-use rig_consumer::{TenantCtx, ApplyError, ConsumerInfo, Projection};
+use rig_consumer::{ApplyError, ConsumerInfo, Projection, TenantCtx};
 use rig_events::money::PriceTable;
 use rig_events::usage::{key_columns, RowSums};
 use rig_events::StoredEvent;
@@ -103,7 +103,9 @@ impl Projection for TokenProjection {
 pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
     let prices = settings.prices.clone();
     let projection = move |t: &TenantCtx<'_>| {
-        Ok(TokenProjection::new(PriceTable::new(t.settings.prices.as_deref().unwrap_or(&prices))))
+        Ok(TokenProjection::new(PriceTable::new(
+            t.settings.prices.as_deref().unwrap_or(&prices),
+        )))
     };
     let worker = rig_consumer::Worker {
         name: "rig-token-projector",

@@ -45,7 +45,10 @@ impl OutboxProjection {
 fn wanted_list(types: &[String]) -> &'static [&'static str] {
     static LISTS: std::sync::Mutex<Vec<&'static [&'static str]>> = std::sync::Mutex::new(Vec::new());
     let mut lists = LISTS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(l) = lists.iter().find(|l| l.iter().copied().eq(types.iter().map(String::as_str))) {
+    if let Some(l) = lists
+        .iter()
+        .find(|l| l.iter().copied().eq(types.iter().map(String::as_str)))
+    {
         return l;
     }
     let names: Vec<&'static str> = types.iter().map(|t| &*Box::leak(t.clone().into_boxed_str())).collect();
