@@ -255,20 +255,63 @@ pub async fn issues(pool: &PgPool, status: Option<&str>, as_json: bool) -> anyho
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn consumers(pool: &PgPool, as_json: bool) -> anyhow::Result<ExitCode> {
-    let list = rig_projections::status(pool).await?;
+pub async fn consumers(
+    settings: &rig_ops::Settings,
+    control: &PgPool,
+    only: Option<&str>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let tenants: Vec<rig_tenants::Tenant> = match only {
+        Some(slug) => vec![rig_tenants::get(control, slug)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("there is no tenant {slug:?} (see `rigctl tenants list`)"))?],
+        None => rig_tenants::list(control)
+            .await?
+            .into_iter()
+            .filter(|t| t.enabled)
+            .collect(),
+    };
+    let mut list = Vec::new();
+    let mut unreachable = Vec::new();
+    let mut pools = Vec::new();
+    for t in &tenants {
+        let log = match crate::tenants::connect_tenant(settings, control, &t.slug).await {
+            Ok(p) => p,
+            Err(e) => {
+                unreachable.push(format!("{}: {e:#}", t.slug));
+                continue;
+            }
+        };
+        list.extend(rig_projections::tenant_status(&log, control, &t.slug).await?);
+        pools.push((t.slug.clone(), log));
+    }
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(ExitCode::SUCCESS);
+        let mut rows = serde_json::to_value(&list)?;
+        // A deployment without tenants prints exactly the keys it always did.
+        if tenants.len() == 1 && only.is_none() {
+            for row in rows.as_array_mut().into_iter().flatten() {
+                row.as_object_mut().map(|o| o.remove("tenant"));
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        for u in &unreachable {
+            eprintln!("rigctl: cannot reach tenant {u}");
+        }
+        return Ok(if unreachable.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     println!(
-        "{:<16} {:>10} {:>10} {:>8} {:<7} {:<7} LAST ERROR",
-        "CONSUMER", "POSITION", "HEAD", "LAG", "ACTIVE", "PAUSED"
+        "{:<16} {:<20} {:>10} {:>10} {:>8} {:<7} {:<7} LAST ERROR",
+        "CONSUMER", "TENANT", "POSITION", "HEAD", "LAG", "ACTIVE", "PAUSED"
     );
     for c in &list {
         println!(
-            "{:<16} {:>10} {:>10} {:>8} {:<7} {:<7} {}",
+            "{:<16} {:<20} {:>10} {:>10} {:>8} {:<7} {:<7} {}",
             c.consumer,
+            c.tenant,
             c.position,
             c.head,
             c.lag,
@@ -277,14 +320,26 @@ pub async fn consumers(pool: &PgPool, as_json: bool) -> anyhow::Result<ExitCode>
             c.last_error.as_deref().unwrap_or("-")
         );
     }
+    for u in &unreachable {
+        println!("cannot reach tenant {u}");
+    }
     for p in list.iter().filter(|c| c.paused) {
+        let Some((_, pool)) = pools.iter().find(|(s, _)| *s == p.tenant) else {
+            continue;
+        };
         let at: Option<i64> = sqlx::query_scalar("SELECT paused_position FROM checkpoints WHERE consumer = $1")
             .bind(&p.consumer)
             .fetch_one(pool)
             .await?;
+        let tenant = if p.tenant == rig_tenants::DEFAULT {
+            String::new()
+        } else {
+            format!(" --tenant {}", p.tenant)
+        };
         println!(
-            "\n{} is paused on a poison event: fix the cause and restart it, or dead-letter the event with\n  rigctl skip {} {}",
+            "\n{} of {} is paused on a poison event: fix the cause and restart it, or dead-letter the event with\n  rigctl skip {} {}{tenant}",
             p.consumer,
+            p.tenant,
             p.consumer,
             at.unwrap_or(p.position + 1)
         );

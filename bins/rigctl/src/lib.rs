@@ -5,6 +5,7 @@ pub mod bench;
 mod http_load;
 pub mod inspect;
 pub mod simulate;
+pub mod tenants;
 pub mod up;
 
 use anyhow::Context;
@@ -32,7 +33,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the database if needed, create the processes' database roles, apply the migrations.
+    /// Create the database if needed, create the processes' database roles, apply the migrations,
+    /// to the control database and then every tenant's log.
     ///
     /// Run it as the role that owns the tables. Each process connects as a role of its own
     /// (rig_ingest, rig_token_projector, rig_cost_projector, rig_stale_heartbeat, rig_notifier):
@@ -46,6 +48,9 @@ pub enum Command {
     Stream {
         /// `owner/repo#number` or `agent:<id>` (quote the `#` in shells).
         stream_id: String,
+        /// The tenant whose log to read (default: the default tenant).
+        #[arg(long, default_value = rig_tenants::DEFAULT)]
+        tenant: String,
         /// Show the stream as it was at this version.
         #[arg(long, conflicts_with = "at")]
         to_version: Option<i64>,
@@ -60,11 +65,18 @@ pub enum Command {
         /// Only issues in this status (approved, assigned, in_progress, in_review, merged, done).
         #[arg(long)]
         status: Option<String>,
+        /// The tenant whose board to show (default: the default tenant).
+        #[arg(long, default_value = rig_tenants::DEFAULT)]
+        tenant: String,
         #[arg(long)]
         json: bool,
     },
-    /// Each consumer's position, the log head, lag, whether an instance is active, paused, last error.
+    /// Each consumer's position, the log head, lag, whether an instance is active, paused, last
+    /// error: one row per (consumer, tenant), for every tenant that is served.
     Consumers {
+        /// Only this tenant's consumers.
+        #[arg(long)]
+        tenant: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -73,13 +85,22 @@ pub enum Command {
     Reset {
         /// token-projector, cost-projector, stale-heartbeat or notifier.
         consumer: String,
+        /// The tenant whose projection to rebuild (default: the default tenant).
+        #[arg(long, default_value = rig_tenants::DEFAULT)]
+        tenant: String,
     },
     /// Dead-letter the event a paused consumer stopped at, and let it go on.
     Skip {
         consumer: String,
         /// The position it is paused at (see `rigctl consumers`).
         position: i64,
+        /// The tenant whose consumer it is (default: the default tenant).
+        #[arg(long, default_value = rig_tenants::DEFAULT)]
+        tenant: String,
     },
+    /// Tenants: organisations whose logs are separate databases, served by the same processes.
+    #[command(subcommand)]
+    Tenants(tenants::TenantsCommand),
     /// Feed a realistic simulated rig through the HTTP API: agents racing for issues, heartbeats,
     /// branches, PRs, CI, reviews, token usage, and agents going silent for stale-heartbeat to catch.
     Simulate(simulate::SimulateArgs),
@@ -120,30 +141,48 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     names(&mut set.into_iter())
                 );
             }
+            // Every tenant's log, disabled ones too (they may be enabled again at any moment).
+            let mut failed = 0;
+            for t in rig_tenants::list(&pool).await?.into_iter().filter(|t| !t.is_default()) {
+                let url = tenants::owner_url(&settings, &t)?;
+                match tenants::migrate_log(&settings, &url).await {
+                    Ok(()) => println!("migrated tenant {} ({})", t.slug, t.place()),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("rigctl: tenant {} ({}): {e:#}", t.slug, t.place());
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} tenant log(s) could not be migrated (see above); run `rigctl migrate` again once they are reachable");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(args) => up::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Simulate(args) => simulate::run(args).await,
+        Command::Tenants(cmd) => tenants::run(cmd).await,
         Command::Stream {
             stream_id,
             to_version,
             at,
             json,
+            tenant,
         } => {
-            let pool = connect(&load_settings()?).await?;
+            let pool = connect_log(&tenant).await?;
             inspect::stream(&pool, &stream_id, to_version, at.as_deref(), json).await
         }
-        Command::Issues { status, json } => {
-            let pool = connect(&load_settings()?).await?;
+        Command::Issues { status, json, tenant } => {
+            let pool = connect_log(&tenant).await?;
             inspect::issues(&pool, status.as_deref(), json).await
         }
-        Command::Consumers { json } => {
-            let pool = connect(&load_settings()?).await?;
-            inspect::consumers(&pool, json).await
+        Command::Consumers { json, tenant } => {
+            let settings = load_settings()?;
+            let control = connect(&settings).await?;
+            inspect::consumers(&settings, &control, tenant.as_deref(), json).await
         }
-        Command::Reset { consumer } => {
-            let pool = connect(&load_settings()?).await?;
+        Command::Reset { consumer, tenant } => {
+            let pool = connect_log(&tenant).await?;
             let info = known_consumer(&consumer)?;
             let start = rig_consumer::reset(&pool, info).await?;
             if info.tables.is_empty() {
@@ -160,8 +199,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Skip { consumer, position } => {
-            let pool = connect(&load_settings()?).await?;
+        Command::Skip {
+            consumer,
+            position,
+            tenant,
+        } => {
+            let pool = connect_log(&tenant).await?;
             let info = known_consumer(&consumer)?;
             rig_consumer::skip(&pool, info.name, position).await?;
             println!(
@@ -182,6 +225,13 @@ fn known_consumer(name: &str) -> anyhow::Result<&'static rig_consumer::ConsumerI
         let names: Vec<&str> = rig_projections::CONSUMERS.iter().map(|c| c.name).collect();
         format!("unknown consumer {name:?}; the consumers are {}", names.join(", "))
     })
+}
+
+/// A pool on one tenant's log (`default`: the control database).
+async fn connect_log(tenant: &str) -> anyhow::Result<PgPool> {
+    let settings = load_settings()?;
+    let control = connect(&settings).await?;
+    tenants::connect_tenant(&settings, &control, tenant).await
 }
 
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {

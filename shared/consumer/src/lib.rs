@@ -28,7 +28,7 @@
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::TryStreamExt;
 use rig_events::{StoredEvent, EVENT_COLUMNS};
-use rig_log::db::{consumer_lock_key, is_transient};
+use rig_log::db::is_transient;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 use std::future::Future;
@@ -923,6 +923,8 @@ pub async fn skip(pool: &PgPool, consumer: &str, position: i64) -> Result<(), Sk
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ConsumerStatus {
     pub consumer: String,
+    /// Whose log: `default` for the control database's own.
+    pub tenant: String,
     pub position: i64,
     pub head: i64,
     /// Events after `position`: exact up to `EXACT_LAG_UP_TO` behind, `head - position` beyond.
@@ -936,7 +938,15 @@ pub struct ConsumerStatus {
 /// Up to this many positions behind, `status` counts a consumer's lag exactly.
 const EXACT_LAG_UP_TO: i64 = 100_000;
 
-pub async fn status(pool: &PgPool, known: &[ConsumerInfo]) -> Result<Vec<ConsumerStatus>, sqlx::Error> {
+/// `log` is the tenant's database and `control` the control database, where the fleet's locks
+/// say which instance is active (for `default` both are the same database).
+pub async fn status(
+    log: &PgPool,
+    control: &PgPool,
+    tenant: &str,
+    known: &[ConsumerInfo],
+) -> Result<Vec<ConsumerStatus>, sqlx::Error> {
+    let pool = log;
     let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
         .fetch_one(pool)
         .await?;
@@ -971,10 +981,11 @@ pub async fn status(pool: &PgPool, known: &[ConsumerInfo]) -> Result<Vec<Consume
             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
              AND ((classid::bigint << 32) | objid::bigint) = $1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
         )
-        .bind(consumer_lock_key(&name))
-        .fetch_one(pool)
+        .bind(tenant_lock_key(&name, tenant))
+        .fetch_one(control)
         .await?;
         out.push(ConsumerStatus {
+            tenant: tenant.to_owned(),
             consumer: name,
             position,
             head,

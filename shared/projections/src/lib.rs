@@ -47,5 +47,10 @@ pub fn consumer_info(name: &str) -> Option<&'static ConsumerInfo> {
 
 /// Where every consumer of the system stands (and any other checkpoint row found).
 pub async fn status(pool: &PgPool) -> Result<Vec<ConsumerStatus>, sqlx::Error> {
-    rig_consumer::status(pool, CONSUMERS).await
+    rig_consumer::status(pool, pool, rig_tenants::DEFAULT, CONSUMERS).await
+}
+
+/// The status of every consumer of `tenant`, whose log is `log`; `control` holds the fleet's locks.
+pub async fn tenant_status(log: &PgPool, control: &PgPool, tenant: &str) -> Result<Vec<ConsumerStatus>, sqlx::Error> {
+    rig_consumer::status(log, control, tenant, CONSUMERS).await
 }
