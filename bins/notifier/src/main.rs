@@ -54,7 +54,8 @@ async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: Cancellati
         };
         let events = t.settings.notifier_events.as_deref().unwrap_or(&events);
         let wake = Arc::new(Notify::new());
-        let sender = sender::Sender::new(t.pool.clone(), webhook, dry_run, wake.clone(), poll_interval)?;
+        let poll = rig_consumer::idle_poll(t.slug, poll_interval);
+        let sender = sender::Sender::new(t.pool.clone(), webhook, dry_run, wake.clone(), poll)?;
         let outbox = rig_projections::notifier::OutboxProjection::new(events, wake);
         Ok((
             outbox,

@@ -144,6 +144,17 @@ pub fn register_metrics() {
     metrics::counter!("rig_stale_heartbeat_conflicts_total").increment(0);
 }
 
+/// A point in `0..interval` fixed by the tenant's slug (none for `default`).
+fn spread(tenant: &str, interval: Duration) -> Duration {
+    if tenant == rig_tenants::DEFAULT {
+        return Duration::ZERO;
+    }
+    let h = tenant.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    interval.mul_f64((h % 1000) as f64 / 1000.0)
+}
+
 pub struct Checker {
     pool: PgPool,
     client: reqwest::Client,
@@ -151,6 +162,10 @@ pub struct Checker {
     token: Option<SecretString>,
     threshold: Duration,
     check_interval: Duration,
+    /// Before the first check: nothing for `default`; for other tenants a share of
+    /// `check_interval` fixed by the slug, so that hundreds of tenants taken up at once do not
+    /// all check (each on a connection of its own) in the same instant.
+    first_delay: Duration,
 }
 
 impl Checker {
@@ -178,6 +193,7 @@ impl Checker {
             token: s.ingest_token.clone(),
             threshold: threshold.unwrap_or(s.threshold),
             check_interval: s.check_interval,
+            first_delay: spread(tenant, s.check_interval),
         })
     }
 
@@ -195,7 +211,8 @@ impl Checker {
                 threshold = ?self.threshold, check_interval = ?self.check_interval,
                 "active: checking for stale heartbeats"
             );
-            let mut tick = tokio::time::interval(self.check_interval);
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + self.first_delay, self.check_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

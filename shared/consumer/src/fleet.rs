@@ -43,11 +43,27 @@ const MAX_REPLICAS: i64 = 64;
 const TENANT_IDLE: Duration = Duration::from_secs(5);
 /// Connections of one tenant's pool: the batch transaction, its catch-up reader, the companion.
 const TENANT_POOL_SIZE: u32 = 3;
+/// Batches of tenants other than `default` running at once in one process: with the idle
+/// connections kept below, what bounds the process's connections however many tenants are busy.
+const TENANT_BATCHES: usize = 4;
+/// Idle connections kept across all tenants other than `default` (beyond these, a connection
+/// is closed when its batch ends, so busy tenants take turns rather than each keeping one).
+const TENANT_IDLE_KEPT: u32 = 4;
 /// The safety poll of a tenant other than `default`: its wake-ups come over the control
 /// database's LISTEN (and every reconnect of it wakes every tenant), so the poll only covers a
 /// notification that was never sent (ingest killed between a commit and its notify). Rare, so
 /// that 200 idle tenants cost next to nothing.
 const TENANT_POLL: Duration = Duration::from_secs(60);
+
+/// How often a task of `tenant` that waits for wake-ups looks anyway: `poll` for `default`
+/// (its LISTEN is the one it always had), [`TENANT_POLL`] or `poll` if longer for the others.
+pub fn idle_poll(tenant: &str, poll: Duration) -> Duration {
+    if tenant == DEFAULT {
+        poll
+    } else {
+        poll.max(TENANT_POLL)
+    }
+}
 
 /// What a worker builds for each tenant it takes up.
 pub struct TenantCtx<'a> {
@@ -105,6 +121,11 @@ pub struct Fleet<P: Projection> {
     tenants: Vec<Tenant>,
     settings: HashMap<String, TenantSettings>,
     catalog_read: Option<Instant>,
+    /// The pools of the tenants other than `default` this replica works: their sizes together
+    /// decide whether a released connection is kept.
+    pools: Arc<Mutex<HashMap<String, PgPool>>>,
+    /// Turns for batches of tenants other than `default`.
+    gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl<P: Projection> Fleet<P> {
@@ -130,6 +151,8 @@ impl<P: Projection> Fleet<P> {
             tenants: Vec::new(),
             settings: HashMap::new(),
             catalog_read: None,
+            pools: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(TENANT_BATCHES)),
         }
     }
 
@@ -229,6 +252,7 @@ impl<P: Projection> Fleet<P> {
                 if let Some(h) = self.held.remove(&slug) {
                     h.stop.cancel();
                     let _ = h.task.await;
+                    self.pools.lock().unwrap_or_else(|e| e.into_inner()).remove(&slug);
                     self.start(&t, h.key)?;
                 }
             }
@@ -333,12 +357,27 @@ impl<P: Projection> Fleet<P> {
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_lazy_with(self.own.clone())
         } else {
-            PgPoolOptions::new()
+            let pools = self.pools.clone();
+            let pool = PgPoolOptions::new()
                 .max_connections(TENANT_POOL_SIZE)
                 .min_connections(0)
                 .idle_timeout(TENANT_IDLE)
                 .acquire_timeout(Duration::from_secs(5))
-                .connect_lazy_with(tenant.connect_options(&self.own)?)
+                .after_release(move |_, _| {
+                    let open: u32 = pools
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .values()
+                        .map(|p| p.size())
+                        .sum();
+                    Box::pin(async move { Ok(open <= TENANT_IDLE_KEPT) })
+                })
+                .connect_lazy_with(tenant.connect_options(&self.own)?);
+            self.pools
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(slug.clone(), pool.clone());
+            pool
         };
         let settings = self.settings.get(&slug).cloned().unwrap_or_default();
         let (projection, companion) = (self.parts)(&TenantCtx {
@@ -354,10 +393,11 @@ impl<P: Projection> Fleet<P> {
             .or_default()
             .clone();
         let mut cfg = self.cfg.clone();
+        cfg.poll_interval = idle_poll(&slug, cfg.poll_interval);
+        let mut consumer = Consumer::new(pool.clone(), projection, cfg).for_tenant(&slug, wake);
         if !tenant.is_default() {
-            cfg.poll_interval = cfg.poll_interval.max(TENANT_POLL);
+            consumer = consumer.gated(self.gate.clone());
         }
-        let consumer = Consumer::new(pool.clone(), projection, cfg).for_tenant(&slug, wake);
         let stop = CancellationToken::new();
         let (active, active_rx) = watch::channel(true);
         let beside = companion.map(|run| tokio::spawn(run(active_rx, stop.clone())));
@@ -391,6 +431,7 @@ impl<P: Projection> Fleet<P> {
         let Some(h) = self.held.remove(slug) else { return };
         h.stop.cancel();
         let _ = h.task.await;
+        self.pools.lock().unwrap_or_else(|e| e.into_inner()).remove(slug);
         if unlock {
             if let Some(s) = self.standing.as_mut() {
                 let _ = sqlx::query("SELECT pg_advisory_unlock($1)")

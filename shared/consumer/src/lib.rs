@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 mod fleet;
 mod worker;
-pub use fleet::{tenant_lock_key, Fleet, TenantCtx};
+pub use fleet::{idle_poll, tenant_lock_key, Fleet, TenantCtx};
 pub use worker::{companion, run_projection, run_worker, Companion, Worker};
 
 /// Where a consumer without a checkpoint (or after a reset) starts.
@@ -284,6 +284,8 @@ pub struct Consumer<P: Projection> {
     cfg: ConsumerConfig,
     /// The tenant whose log this is (`default` for the control database's own).
     tenant: String,
+    /// Where a batch waits for its turn, when the process limits how many run at once.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
     /// Set after a non-transient failure: where the failing event may be.
     suspect: Option<Suspects>,
     failures_at: Option<(i64, u32)>,
@@ -314,6 +316,7 @@ impl<P: Projection> Consumer<P> {
             projection,
             cfg,
             tenant: rig_tenants::DEFAULT.to_owned(),
+            gate: None,
             suspect: None,
             failures_at: None,
             wake: Arc::new(Notify::new()),
@@ -327,6 +330,13 @@ impl<P: Projection> Consumer<P> {
 
     pub fn projection(&self) -> &P {
         &self.projection
+    }
+
+    /// Each batch first takes a turn from `gate` (and gives it back when done): the fleet bounds
+    /// its tenants' batches, and with them their connections, this way.
+    pub fn gated(mut self, gate: Arc<tokio::sync::Semaphore>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The consumer of `tenant`'s log, woken by `wake` (which the fleet's LISTEN signals).
@@ -715,14 +725,21 @@ impl<P: Projection> Consumer<P> {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
+            let turn = match &self.gate {
+                Some(g) => g.clone().acquire_owned().await.ok(),
+                None => None,
+            };
             let outcome = match self.run_once().await {
                 Ok(o) => {
                     backoff = new_backoff();
                     o
                 }
                 Err(e) if is_transient(&e) => {
+                    // Not holding a turn while backing off: one tenant's unreachable database must
+                    // not slow the others.
+                    drop(turn);
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                    tracing::warn!(consumer = name, error = %e, ?delay, "transient database error; backing off");
+                    tracing::warn!(consumer = name, tenant = %self.tenant, error = %e, ?delay, "transient database error; backing off");
                     metrics::counter!("rig_consumer_errors_total", "consumer" => name, "tenant" => self.tenant.clone(), "kind" => "transient")
                         .increment(1);
                     sleep_or_cancel(delay, shutdown).await;
@@ -741,6 +758,7 @@ impl<P: Projection> Consumer<P> {
                 Outcome::Fenced | Outcome::Failed { .. } => false,
             };
             self.export_head(&outcome).await;
+            drop(turn);
             match outcome {
                 Outcome::Applied { .. } if !drained => {}
                 Outcome::Fenced => {}
