@@ -318,3 +318,116 @@ async fn three_replicas_share_nine_tenants_and_a_killed_one_hands_over_within_fi
     }
     eprintln!("hand-over after SIGKILL: {handed_over:?}; {batches} appends under load");
 }
+
+/// Reads one counter or gauge of a worker: the sum over the series of `name` whose labels
+/// contain every one of `labels`.
+async fn metric_sum(w: &Worker, name: &str, labels: &[&str]) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", w.port))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .filter(|l| labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+#[tokio::test]
+async fn a_tenant_on_a_second_server_is_served_by_the_same_workers_and_its_outage_harms_no_other() {
+    rig_tests::bin(TOKEN);
+    let control = TestDb::new().await;
+    let acme = control.add_tenant("acme").await;
+    // A second Postgres server of the test's own, placed with the real command.
+    let cluster = rig_ops::pg::PrivateCluster::start()
+        .await
+        .expect("start a second Postgres");
+    let far_url = format!("postgres://postgres@127.0.0.1:{}/rig_t_far", cluster.port);
+    let out = tokio::process::Command::new(rig_tests::bin("rigctl"))
+        .args(["tenants", "add", "far", "--database-url", &far_url])
+        .env("RIG_CONFIG", "/dev/null")
+        .env("DATABASE_URL", &control.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let far = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&far_url)
+        .await
+        .unwrap();
+    let logs = [
+        ("default", control.pool.clone()),
+        ("acme", acme.pool.clone()),
+        ("far", far.clone()),
+    ];
+    for (slug, log) in &logs {
+        append_usage(&control.pool, log, slug, 30).await;
+    }
+    let token = Worker::spawn(TOKEN, &control);
+    token.ready().await;
+    for (slug, log) in &logs {
+        wait_for(&format!("{slug} folded"), Duration::from_secs(30), || async {
+            folded_by(log, false).await.then_some(())
+        })
+        .await;
+    }
+
+    // The far server goes away: its tenant's consumer backs off and says so; the others go on.
+    far.close().await;
+    cluster.stop().unwrap();
+    let errors_before = metric_sum(
+        &token,
+        "rig_consumer_errors_total",
+        &["tenant=\"far\"", "kind=\"transient\""],
+    )
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_notify($1, 'far')")
+        .bind(rig_tenants::TENANT_EVENTS_CHANNEL)
+        .execute(&control.pool)
+        .await
+        .unwrap();
+    wait_for(
+        "the far tenant's consumer to report its errors",
+        Duration::from_secs(15),
+        || async {
+            let n = metric_sum(
+                &token,
+                "rig_consumer_errors_total",
+                &["tenant=\"far\"", "kind=\"transient\""],
+            )
+            .await?;
+            (n > errors_before).then_some(())
+        },
+    )
+    .await;
+    for (slug, log) in [("default", &control.pool), ("acme", &acme.pool)] {
+        append_usage(&control.pool, log, slug, 25).await;
+        wait_for(
+            &format!("{slug} served while the far server is down"),
+            Duration::from_secs(10),
+            || async { folded_by(log, false).await.then_some(()) },
+        )
+        .await;
+    }
+
+    // Back: the same process serves it again, and nothing was lost or doubled.
+    cluster.start_again().unwrap();
+    let far = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&far_url)
+        .await
+        .unwrap();
+    append_usage(&control.pool, &far, "far", 40).await;
+    wait_for("the far tenant served again", Duration::from_secs(30), || async {
+        folded_by(&far, false).await.then_some(())
+    })
+    .await;
+    let mut token = token;
+    assert!(token.proc.try_wait().is_none(), "the worker exited");
+}

@@ -167,6 +167,17 @@ impl PrivateCluster {
         self.pg_ctl(&["-m", "immediate", "-w", "restart"])
     }
 
+    /// Stops the server (`pg_ctl stop -m fast`): its clients are disconnected, new ones refused,
+    /// until [`PrivateCluster::start_again`]. For tests of a database server going away.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"])
+    }
+
+    /// Starts a stopped server again, on the same port and options.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&["-w", "start"])
+    }
+
     /// `pg_ctl` on this cluster's data directory, with its server options and log, then `action`.
     fn pg_ctl(&self, action: &[&str]) -> anyhow::Result<()> {
         let data = self.dir.join("data");
