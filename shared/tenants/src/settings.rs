@@ -95,10 +95,8 @@ pub fn check(key: &str, value: &str) -> Result<String, String> {
             }
         }
         "github.webhook_secret" => {}
-        "github.approve_label" => {
-            if value.chars().count() > 100 {
-                return Err(format!("{key}: a GitHub label is at most 100 characters"));
-            }
+        "github.approve_label" if value.chars().count() > 100 => {
+            return Err(format!("{key}: a GitHub label is at most 100 characters"));
         }
         "prices" => {
             let prices: Vec<Price> =

@@ -31,8 +31,8 @@ mod sections;
 pub use format::{exact, money};
 pub use params::DashboardQuery;
 
-use crate::AppState;
-use axum::extract::{Query, State};
+use crate::tenants::Scoped;
+use axum::extract::Query;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use params::Params;
@@ -64,7 +64,7 @@ pub async fn root() -> Redirect {
 }
 
 /// `GET /dashboard`
-pub async fn page(State(state): State<AppState>, Query(q): Query<DashboardQuery>) -> Response {
+pub async fn page(Scoped(state): Scoped, Query(q): Query<DashboardQuery>) -> Response {
     let params = Params::from_query(q);
     let threshold = state.settings.stale_heartbeat.threshold;
     match data::load(&state.read_pool, &params).await {
