@@ -614,3 +614,135 @@ async fn github_deliveries_go_where_their_repository_is_routed() {
         assert!(!deliveries(db).await.iter().any(|x| x.starts_with("d-beta-off")));
     }
 }
+
+/// `Set-Cookie` of a sign-in answer, and the `Cookie` a browser would send back.
+fn cookie_of(r: &reqwest::Response) -> (String, String) {
+    let set = r
+        .headers()
+        .get("set-cookie")
+        .expect("a Set-Cookie")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let pair = set.split(';').next().unwrap().to_owned();
+    (set, pair)
+}
+
+#[tokio::test]
+async fn a_browser_signs_in_to_a_tenants_dashboard_once() {
+    let d = Deployment::start(true).await;
+    let (s, b) = d
+        .post(
+            "/t/acme/v1/events",
+            Some(&d.acme_token),
+            &issue("acme/w#1", "acme title"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = d
+        .post(
+            "/t/beta/v1/events",
+            Some(&d.beta_token),
+            &issue("beta/w#1", "beta title"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // Without a token the page is the sign-in form, which posts the token (never in a URL).
+    let (s, html) = d.get("/t/acme/dashboard", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{html}");
+    assert!(
+        html.contains("<form method=\"post\" action=\"/t/acme/dashboard\""),
+        "{html}"
+    );
+    assert!(html.contains("type=\"password\" name=\"token\""), "{html}");
+
+    let sign_in = |path: &str, token: &str| {
+        no_redirects
+            .post(d.ingest.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "token={}",
+                percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC)
+            ))
+            .send()
+    };
+    // Another tenant's token does not open it, and no cookie is set.
+    let r = sign_in("/t/acme/dashboard", &d.beta_token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().get("set-cookie").is_none());
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("does not open this dashboard") && !html.contains("beta"),
+        "{html}"
+    );
+
+    let r = sign_in("/t/acme/dashboard", &d.acme_token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(location, "/t/acme/dashboard");
+    let (set, cookie) = cookie_of(&r);
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+
+    // The cookie opens the tenant's reads: its dashboard (links kept under /t/acme), its API reads.
+    let get = |path: &str, cookie: &str| {
+        no_redirects
+            .get(d.ingest.url(path))
+            .header("cookie", cookie.to_owned())
+            .send()
+    };
+    let r = get("/t/acme/dashboard", &cookie).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("acme/w#1") && !html.contains("beta"), "{html}");
+    assert!(html.contains("href=\"/t/acme/dashboard?refresh=0\""), "{html}");
+    assert!(!html.contains("Tenants: "), "a tenant's user gets no picker");
+    let r = get("/t/acme/v1/issues", &cookie).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Not another tenant's, and never a write.
+    let r = get("/t/beta/dashboard", &cookie).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = no_redirects
+        .post(d.ingest.url("/t/acme/v1/events"))
+        .header("cookie", cookie.clone())
+        .json(&issue("acme/w#2", "by cookie"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(d.acme.events().await, 1);
+
+    // Signing out forgets the token.
+    let r = no_redirects
+        .post(d.ingest.url("/t/acme/dashboard"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", cookie.clone())
+        .body("logout=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (set, cleared) = cookie_of(&r);
+    assert!(set.contains("Max-Age=0"), "{set}");
+    let r = get("/t/acme/dashboard", &cleared).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // An admin gets a picker of every tenant's dashboard.
+    let r = sign_in("/t/acme/dashboard", ADMIN).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, admin_cookie) = cookie_of(&r);
+    let html = get("/t/beta/dashboard", &admin_cookie)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("beta/w#1"), "{html}");
+    for link in ["href=\"/dashboard\"", "href=\"/t/acme/dashboard\""] {
+        assert!(html.contains(link), "{link}: {html}");
+    }
+}

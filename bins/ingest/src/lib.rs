@@ -97,8 +97,17 @@ fn routes(state: AppState, metrics: PrometheusHandle) -> Router {
             state.clone(),
             tenants::scope_webhook,
         ));
+    let dashboard = Router::new()
+        .route("/dashboard", get(dashboard::page).post(dashboard::login))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.read_lane.clone(),
+            limit_reads,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            tenants::scope_dashboard,
+        ));
     let reads = Router::new()
-        .route("/dashboard", get(dashboard::page))
         .route("/v1/streams/{*stream_id}", get(api::read_stream))
         .route("/v1/issues", get(api::list_issues))
         .route("/v1/issues/{*stream_id}", get(api::get_issue))
@@ -124,6 +133,7 @@ fn routes(state: AppState, metrics: PrometheusHandle) -> Router {
         .merge(writes)
         .merge(webhooks)
         .merge(admin)
+        .merge(dashboard)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())

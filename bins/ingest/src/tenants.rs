@@ -290,7 +290,7 @@ impl Registry {
     }
 
     /// The tenant a token belongs to, if it is a tenant token (remembered for [`TOKEN_TTL`]).
-    async fn tenant_of_token(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
+    pub(crate) async fn tenant_of_token(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
         let key = rig_tenants::token_hash(token);
         if let Some((tenant, at)) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             if at.elapsed() < TOKEN_TTL {
@@ -387,6 +387,17 @@ impl FromRequestParts<AppState> for Scoped {
 #[derive(Clone)]
 struct ScopedState(AppState);
 
+/// Who a request comes from, as far as its tenant's rules go (the dashboard shows an admin the
+/// tenant picker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// An admin token, or anyone on the unprefixed routes while ingest has no `auth_tokens`.
+    Admin,
+    /// A tenant token, on its own tenant.
+    Tenant,
+    Anonymous,
+}
+
 /// What a route does, for who may do it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Access {
@@ -415,6 +426,16 @@ fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
     )
 }
 
+/// The token a request presents: its bearer token, else, for a read, the dashboard's cookie (a
+/// browser cannot send a header; the cookie is `SameSite=Strict`, and never taken for a write).
+fn presented(headers: &HeaderMap, access: Access) -> Option<Result<String, ApiError>> {
+    match bearer(headers) {
+        Some(t) => Some(t.map(str::to_owned)),
+        None if access == Access::Read => crate::dashboard::cookie_token(headers).map(Ok),
+        None => None,
+    }
+}
+
 /// Refuses a tenant token on the unprefixed routes (they are `default`'s), as if the route named
 /// an unknown tenant. Anything else is left to the rules `default` always had.
 async fn refuse_tenant_token_on_default(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -431,13 +452,13 @@ async fn refuse_tenant_token_on_default(state: &AppState, headers: &HeaderMap) -
     }
 }
 
-/// The state for this request's tenant, or why it is refused.
+/// The state for this request's tenant and who asks, or why it is refused.
 async fn resolve(
     state: &AppState,
     headers: &HeaderMap,
     path: Option<&PathTenant>,
     access: Access,
-) -> Result<AppState, ApiError> {
+) -> Result<(AppState, Caller), ApiError> {
     let Some(PathTenant(slug)) = path else {
         if access != Access::Webhook {
             refuse_tenant_token_on_default(state, headers).await?;
@@ -445,20 +466,26 @@ async fn resolve(
         if access == Access::Write {
             crate::authorize(state, headers)?;
         }
-        return Ok(state.clone());
+        let admin = state.settings.ingest.auth_tokens.is_empty()
+            || matches!(presented(headers, access), Some(Ok(t)) if state.settings.ingest.token_ok(&t));
+        let caller = if admin { Caller::Admin } else { Caller::Anonymous };
+        return Ok((state.clone(), caller));
     };
     if rig_tenants::check_slug(slug).is_err() {
         return Err(ApiError::UnknownTenant);
     }
+    let mut caller = Caller::Anonymous;
     if access != Access::Webhook {
         // Checked before the tenant is looked up: without a valid token, every tenant answers
         // alike, existing or not.
-        let token = bearer(headers).ok_or(ApiError::Unauthorized(
+        let token = presented(headers, access).ok_or(ApiError::Unauthorized(
             "missing Authorization: Bearer <token> header (a tenant's routes take its token or an admin token)",
         ))??;
-        if !state.settings.ingest.token_ok(token) {
-            match state.tenants.tenant_of_token(token).await? {
-                Some(own) if own == *slug => {}
+        if state.settings.ingest.token_ok(&token) {
+            caller = Caller::Admin;
+        } else {
+            match state.tenants.tenant_of_token(&token).await? {
+                Some(own) if own == *slug => caller = Caller::Tenant,
                 Some(_) => return Err(ApiError::UnknownTenant),
                 None => {
                     return Err(ApiError::Unauthorized(
@@ -469,16 +496,38 @@ async fn resolve(
         }
     }
     let entry = state.tenants.enabled(slug).ok_or(ApiError::UnknownTenant)?;
-    state.tenants.scope(state, &entry)
+    Ok((state.tenants.scope(state, &entry)?, caller))
 }
 
 async fn scope(state: AppState, mut req: Request, next: Next, access: Access) -> Response {
     let path = req.extensions().get::<PathTenant>().cloned();
     match resolve(&state, req.headers(), path.as_ref(), access).await {
-        Ok(scoped) => {
+        Ok((scoped, caller)) => {
             req.extensions_mut().insert(ScopedState(scoped));
+            req.extensions_mut().insert(caller);
             next.run(req).await
         }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The dashboard's [`scope_read`]: a browser without a token for a tenant is shown the form that
+/// takes one (its `POST` is the login, which checks the token itself).
+pub async fn scope_dashboard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if req.method() == axum::http::Method::POST {
+        return next.run(req).await;
+    }
+    let path = req.extensions().get::<PathTenant>().cloned();
+    match resolve(&state, req.headers(), path.as_ref(), Access::Read).await {
+        Ok((scoped, caller)) => {
+            req.extensions_mut().insert(ScopedState(scoped));
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(ApiError::Unauthorized(_)) => match &path {
+            Some(PathTenant(slug)) => crate::dashboard::login_page(slug, None),
+            None => ApiError::Unauthorized("missing token").into_response(),
+        },
         Err(e) => e.into_response(),
     }
 }
