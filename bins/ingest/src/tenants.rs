@@ -291,6 +291,17 @@ impl Registry {
 
     /// The tenant a token belongs to, if it is a tenant token (remembered for [`TOKEN_TTL`]).
     pub(crate) async fn tenant_of_token(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
+        // Tenant tokens are `rig_{slug}_{64 hex digits}` (`rig_tenants::new_token` makes them):
+        // anything else, or one naming no tenant of the catalog, is no tenant token, and costs
+        // no query (a client sending made-up tokens must not make ingest query the database).
+        let named = token
+            .strip_prefix("rig_")
+            .and_then(|t| t.rsplit_once('_'))
+            .filter(|(_, hex)| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(|(slug, _)| slug);
+        if !named.is_some_and(|slug| self.catalog().entries.contains_key(slug)) {
+            return Ok(None);
+        }
         let key = rig_tenants::token_hash(token);
         if let Some((tenant, at)) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             if at.elapsed() < TOKEN_TTL {
