@@ -746,3 +746,74 @@ async fn a_browser_signs_in_to_a_tenants_dashboard_once() {
         assert!(html.contains(link), "{link}: {html}");
     }
 }
+
+/// The status line's code of an answer read from a raw connection, within 5 s.
+async fn status_of_raw(ingest: &TestIngest, head: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = ingest.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(head.replace("{host}", &addr).as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the connection closed without an answer");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("an answer before the body was sent");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_tenants_token_is_checked_before_the_body_is_read() {
+    let d = Deployment::start(true).await;
+    // Headers announcing a body that never comes: only an answer given before reading it arrives.
+    for (auth, expected) in [
+        (String::new(), 401),
+        (format!("Authorization: Bearer {}\r\n", d.beta_token), 404),
+    ] {
+        for path in ["/t/acme/v1/events", "/t/acme/api/events"] {
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: {{host}}\r\n{auth}Content-Type: application/json\r\nContent-Length: 500000\r\n\r\n"
+            );
+            assert_eq!(status_of_raw(&d.ingest, &head).await, expected, "{path} {auth:?}");
+        }
+    }
+    assert_eq!(d.acme.events().await, 0);
+}
+
+/// A quiet tenant holds no connection: its writer, its flusher and its pools give theirs back
+/// (`IDLE_TIMEOUT` in ingest, 30 s, once for the writer and once for the pool, whose reaper
+/// runs every 30 s: about 90 s in all).
+#[tokio::test]
+async fn a_quiet_tenant_holds_no_connection() {
+    let d = Deployment::start(true).await;
+    let (s, b) = d
+        .post("/t/acme/v1/events", Some(&d.acme_token), &issue("acme/w#1", "x"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, _) = d.get("/t/acme/v1/issues", Some(&d.acme_token)).await;
+    assert_eq!(s, StatusCode::OK);
+    let held = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND usename = 'rig_ingest'",
+        )
+        .bind(&d.acme.name)
+        .fetch_one(&d.control.pool)
+        .await
+        .unwrap()
+    };
+    assert!(
+        held().await > 0,
+        "the append and the read used connections to acme's database"
+    );
+    wait_for("acme's connections closed", Duration::from_secs(150), || async {
+        (held().await == 0).then_some(())
+    })
+    .await;
+}
