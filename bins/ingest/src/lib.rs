@@ -60,10 +60,11 @@ impl AppState {
 
 /// The whole HTTP surface, separate from serving so tests can call it in-process.
 ///
-/// Order of the checks on a request, outermost first: metrics; the browser rules (`Host`,
-/// `Origin`); the request deadline; then, on the routes that write, the bearer token and the
-/// `Content-Type`, both before the body is read; then the handler, which reads the body within
-/// `ingest.max_body_bytes`.
+/// Order of the checks on a request, outermost first: the tenant prefix (`/t/{tenant}`) taken
+/// off the path; metrics; the browser rules (`Host`, `Origin`); the request deadline; then, on
+/// each route, its tenant and who asks (`tenants::scope_*`: on the routes that write, the bearer
+/// token) and the `Content-Type`, both before the body is read; then the handler, which reads the
+/// body within `ingest.max_body_bytes`.
 pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
     // The tenant prefix comes off before routing (see `tenants`): around the whole router.
     Router::new()
