@@ -113,6 +113,14 @@ async fn make_tenants(
     pool.close().await;
     let admin = rig_ops::pg::with_database(control_url, "postgres")?;
     let mut c = PgConnection::connect_with(&connect_options(&admin)?).await?;
+    // A copy needs the template to itself: a connection of the migration that has not quite
+    // gone yet would make CREATE DATABASE fail.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(template)
+    .execute(&mut c)
+    .await?;
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let slug = format!("t{i:04}");
@@ -203,7 +211,7 @@ async fn measure(env: &Env<'_>, workers: &mut [Worker], tenants: &[BenchTenant])
         connections = now;
     }
     let by_app: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT coalesce(nullif(application_name, ''), usename::text), count(*) FROM pg_stat_activity \
+        "SELECT usename::text || coalesce(' ' || nullif(application_name, ''), ''), count(*) FROM pg_stat_activity \
          WHERE datname = ANY($1) GROUP BY 1 ORDER BY 2 DESC",
     )
     .bind(&databases)
@@ -218,7 +226,7 @@ async fn measure(env: &Env<'_>, workers: &mut [Worker], tenants: &[BenchTenant])
             60.0,
         )
         .at_most("<= 60 with ingest and every worker running", 60.0)
-        .detail(json!({"tenants": tenants.len(), "by_application_or_role": by_app,
+        .detail(json!({"tenants": tenants.len(), "by_role_and_application": by_app,
                        "how": "pg_stat_activity rows on the control database and every tenant log, the bench's own included, once idle"})),
     );
     // Idle CPU of each process, every tenant served.
