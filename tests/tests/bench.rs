@@ -29,11 +29,14 @@ fn expected_figures() -> Vec<String> {
         "append_to_projection_latency_p50",
         "append_to_projection_latency_p99",
         "append_to_projection_latency_max",
+        "tenants_connections",
+        "tenants_append_to_projection_idle_p99",
+        "tenants_append_to_projection_busy_p99",
     ]
     .map(String::from)
     .to_vec();
     for w in WORKERS {
-        for kind in ["idle_cpu", "idle_rss", "peak_rss"] {
+        for kind in ["idle_cpu", "idle_rss", "peak_rss", "tenants_idle_cpu"] {
             names.push(format!("{kind}_{w}"));
         }
     }
@@ -172,6 +175,13 @@ async fn bench_quick_reports_every_figure_with_baseline_and_ratio_and_drops_its_
         .await
         .unwrap();
     assert!(!exists, "the scratch database {scratch} was not dropped");
+    // Nor any of the tenants' logs of the tenants phase.
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname LIKE $1 || '\\_%'")
+        .bind(scratch)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "tenant logs of {scratch} were not dropped");
     // The bench never writes to the database it was pointed at.
     assert_eq!(db.events().await, 0);
 }

@@ -64,7 +64,7 @@ pub struct SimulateArgs {
     /// Ingest's base URL (default: http://{ingest.listen} from the configuration).
     #[arg(long)]
     pub url: Option<String>,
-    /// Bearer token for writes (default: the first of ingest.auth_tokens).
+    /// Bearer token (default: the first of ingest.auth_tokens); a tenant's token for `--url …/t/<tenant>`.
     #[arg(long, env = "RIG_SIMULATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Number of agents.
@@ -840,7 +840,7 @@ async fn wait_ready(http: &reqwest::Client, base: &str, shutdown: &CancellationT
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = http
-            .get(format!("{base}/readyz"))
+            .get(format!("{}/readyz", server_of(base)))
             .timeout(Duration::from_secs(2))
             .send()
             .await
@@ -913,6 +913,15 @@ fn title(rng: &mut StdRng) -> String {
     )
 }
 
+/// `http://host:port/t/acme` → `http://host:port`: the operations endpoints are the server's,
+/// not a tenant's.
+fn server_of(base: &str) -> &str {
+    match base.find("/t/") {
+        Some(i) if base[..i].matches('/').count() == 2 => &base[..i],
+        _ => base,
+    }
+}
+
 pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     if args.agents == 0 || args.issues == 0 {
         bail!("--agents and --issues must be at least 1");
@@ -939,7 +948,15 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     };
     let seed = args.seed.unwrap_or_else(rand::random);
     let shutdown = rig_ops::shutdown::on_signal();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    // The token goes with every request: a tenant's reads need it as much as its writes.
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(a) = &auth {
+        headers.insert(reqwest::header::AUTHORIZATION, a.clone());
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()?;
     wait_ready(&http, &base, &shutdown).await?;
 
     let mut rng = StdRng::seed_from_u64(seed);
@@ -1127,6 +1144,8 @@ mod tests {
 
     #[test]
     fn wildcard_listen_addresses_become_loopback() {
+        assert_eq!(server_of("http://127.0.0.1:8080/t/acme"), "http://127.0.0.1:8080");
+        assert_eq!(server_of("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
         assert_eq!(default_url("0.0.0.0:8080".parse().unwrap()), "http://127.0.0.1:8080");
         assert_eq!(default_url("[::]:8080".parse().unwrap()), "http://[::1]:8080");
         assert_eq!(default_url("10.1.2.3:9000".parse().unwrap()), "http://10.1.2.3:9000");

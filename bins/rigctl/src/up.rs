@@ -47,6 +47,64 @@ pub struct UpArgs {
     /// With --demo: simulated agents that go silent once, for stale-heartbeat to catch.
     #[arg(long, default_value_t = 1, requires = "demo")]
     pub demo_silent_agents: usize,
+    /// With --demo: the simulated rig runs in this many tenants (acme, globex, initech, …), each
+    /// its own database, all served by the same processes. Ingest then takes an admin token,
+    /// printed at start, and each tenant a token of its own.
+    #[arg(long, requires = "demo", value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub tenants: Option<u8>,
+}
+
+/// The demo's tenants, in order.
+const DEMO_TENANTS: [&str; 8] = [
+    "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka",
+];
+
+/// A demo tenant: its slug and the token made for it at this start.
+struct DemoTenant {
+    slug: String,
+    token: String,
+}
+
+/// Creates (or finds) the demo's tenants, each with a fresh token.
+async fn demo_tenants(
+    settings: &Settings,
+    db_url: &str,
+    pool: &sqlx::PgPool,
+    n: u8,
+) -> anyhow::Result<Vec<DemoTenant>> {
+    let mut out = Vec::new();
+    for slug in DEMO_TENANTS.iter().take(usize::from(n)) {
+        let tenant = match rig_tenants::get(pool, slug).await? {
+            Some(t) => t,
+            None => {
+                let t = rig_tenants::Tenant {
+                    slug: (*slug).to_owned(),
+                    database_name: rig_tenants::default_database_name(slug),
+                    server: None,
+                    enabled: true,
+                };
+                let owner = rig_ops::pg::with_database(db_url, &t.database_name)?;
+                crate::tenants::migrate_log(settings, &owner).await?;
+                rig_tenants::register(pool, &t).await?;
+                println!("tenant {slug} added: its log is {}", t.place());
+                t
+            }
+        };
+        if !tenant.enabled {
+            rig_tenants::set_enabled(pool, slug, true).await?;
+        }
+        if tenant.server.is_none() {
+            // Migrated now if it was made by an earlier version.
+            let owner = rig_ops::pg::with_database(db_url, &tenant.database_name)?;
+            crate::tenants::migrate_log(settings, &owner).await?;
+        }
+        let token = rig_tenants::new_token(pool, slug).await?;
+        out.push(DemoTenant {
+            slug: (*slug).to_owned(),
+            token: secrecy::ExposeSecret::expose_secret(&token).to_owned(),
+        });
+    }
+    Ok(out)
 }
 
 /// The price table `up --demo` uses when none is configured: the list prices of the models the
@@ -162,7 +220,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     rig_log::db::migrate(&pool).await.context("apply migrations")?;
     println!("database {} is migrated", rig_ops::config::redact_url_password(&db_url));
 
-    let (env, demo_prices) = common_env(&args, &settings, &db_url);
+    let (mut env, demo_prices) = common_env(&args, &settings, &db_url);
+    // Tenants: an admin token for ingest (the one the stale-heartbeat checker appends with too),
+    // and the tenants with their own tokens.
+    let (admin, tenants) = match args.tenants {
+        Some(n) => {
+            let admin = format!("rig_admin_{}", uuid::Uuid::new_v4().simple());
+            env.insert("RIG_INGEST__AUTH_TOKENS".into(), admin.clone());
+            env.insert("RIG_STALE_HEARTBEAT__INGEST_TOKEN".into(), admin.clone());
+            (Some(admin), demo_tenants(&settings, &db_url, &pool, n).await?)
+        }
+        None => (None, Vec::new()),
+    };
 
     let mut running: Vec<Supervised> = Vec::new();
     let (line_tx, line_rx) = std::sync::mpsc::channel::<(String, String)>();
@@ -190,7 +259,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let demo = args.demo.then(|| simulate_line(&args));
+    // One simulated rig, or one per tenant, each with its token.
+    let demos: Vec<(ProcLine, Option<&DemoTenant>)> = if !args.demo {
+        Vec::new()
+    } else if tenants.is_empty() {
+        vec![(simulate_line(&args), None)]
+    } else {
+        tenants
+            .iter()
+            .map(|t| (tenant_simulate_line(&args, t, &settings), Some(t)))
+            .collect()
+    };
     std::thread::spawn(move || {
         for (name, line) in line_rx {
             println!("{name:>width$} | {line}");
@@ -219,6 +298,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                     demo_prices,
                     dashboard,
                     ready,
+                    admin: admin.as_deref(),
+                    tenants: &tenants,
                 };
                 print_where_to_look(&look);
             }
@@ -229,9 +310,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 break;
             }
         }
-        if let Some(sim) = &demo {
-            if !demo_started && started.elapsed() > Duration::from_secs(2) {
-                demo_started = true;
+        if !demos.is_empty() && !demo_started && started.elapsed() > Duration::from_secs(2) {
+            demo_started = true;
+            for (sim, tenant) in &demos {
+                let mut env = env.clone();
+                if let Some(t) = tenant {
+                    env.insert("RIG_SIMULATE_TOKEN".into(), t.token.clone());
+                }
                 match spawn(sim, &env, &line_tx) {
                     Ok(child) => running.push(child),
                     // The system itself is fine: keep it up, say why there is no simulated rig.
@@ -301,6 +386,22 @@ fn simulate_line(args: &UpArgs) -> ProcLine {
     }
 }
 
+/// The simulated rig of one tenant: its routes, its token (given by environment), a seed of its
+/// own so the tenants' histories differ.
+fn tenant_simulate_line(args: &UpArgs, t: &DemoTenant, settings: &Settings) -> ProcLine {
+    let mut line = simulate_line(args);
+    line.name = format!("simulate-{}", t.slug);
+    let api = crate::simulate::default_url(settings.ingest.listen);
+    let seed = t.slug.bytes().map(u64::from).sum::<u64>();
+    line.command.extend([
+        "--url".to_owned(),
+        format!("{api}/t/{}", t.slug),
+        "--seed".to_owned(),
+        seed.to_string(),
+    ]);
+    line
+}
+
 /// Forgets the processes that ended as they may (the simulated rig ends by itself; the system
 /// keeps running for a look around) and says which one ended when it should not have.
 fn reap(running: &mut Vec<Supervised>) -> Option<String> {
@@ -308,7 +409,7 @@ fn reap(running: &mut Vec<Supervised>) -> Option<String> {
     let mut finished = Vec::new();
     for (i, r) in running.iter_mut().enumerate() {
         if let Ok(Some(status)) = r.try_wait() {
-            if r.name() == "simulate" {
+            if r.name().starts_with("simulate") {
                 println!("simulate finished ({status}); the system keeps running until Ctrl-C");
                 finished.push(i);
                 continue;
@@ -364,6 +465,9 @@ struct Look<'a> {
     demo_prices: bool,
     dashboard: bool,
     ready: bool,
+    /// With `--tenants`: ingest's admin token and the tenants with theirs.
+    admin: Option<&'a str>,
+    tenants: &'a [DemoTenant],
 }
 
 /// The addresses and commands worth a look, only for what this Procfile runs.
@@ -402,7 +506,21 @@ fn print_where_to_look(l: &Look<'_>) {
             crate::simulate::default_url(*addr)
         );
     }
-    if l.demo {
+    if let Some(admin) = l.admin {
+        println!(
+            "  tenants        {} (each its own database, served by the same processes)",
+            l.tenants.iter().map(|t| t.slug.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        println!("  admin token    {admin}  (every tenant; sign in with it at {api}/dashboard for the tenant picker)");
+        for t in l.tenants {
+            println!("  {:<14} {api}/t/{}/dashboard   token {}", t.slug, t.slug, t.token);
+        }
+        println!("  all tenants    curl -H 'Authorization: Bearer {admin}' {api}/v1/admin/tenants");
+        println!(
+            "  try            rigctl tenants list    rigctl consumers    rigctl issues --tenant {}",
+            l.tenants.first().map_or("acme", |t| t.slug.as_str())
+        );
+    } else if l.demo {
         println!("  try            rigctl issues    rigctl consumers    rigctl stream 'demo/widgets#1'");
         println!("                 rigctl stream 'demo/widgets#1' --to-version 4    rigctl issues --status approved");
         if runs("rig-notifier") {
