@@ -601,3 +601,96 @@ async fn message_discord_refuses_is_set_aside_and_the_next_one_goes_out() {
     })
     .await;
 }
+
+/// Appends one event to a tenant's log behind ingest's back, as ingest would (the append lock,
+/// then the wake-up on the control database).
+async fn append_to_tenant(control: &TestDb, log: &TestDb, tenant: &str, stream: &str, event_type: &str, data: Value) {
+    let mut tx = rig_tests::append_tx(&log.pool).await;
+    sqlx::query(
+        "INSERT INTO events (stream_id, version, event_id, event_type, data) \
+         SELECT $1, coalesce(max(version), 0) + 1, gen_random_uuid(), $2, $3 FROM events WHERE stream_id = $1",
+    )
+    .bind(stream)
+    .bind(event_type)
+    .bind(data)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(rig_tenants::TENANT_EVENTS_CHANNEL)
+        .bind(tenant)
+        .execute(&control.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn each_tenant_posts_to_its_own_webhook_with_its_own_event_list() {
+    let control = TestDb::new().await;
+    let acme = control.add_tenant("acme").await;
+    let ingest = TestIngest::start(&control).await;
+    let deployment = FakeDiscord::start(vec![], Duration::ZERO).await;
+    let own = FakeDiscord::start(vec![], Duration::ZERO).await;
+    rig_tenants::settings::set(&control.pool, "acme", "notifier.discord_webhook_url", Some(&own.url()))
+        .await
+        .unwrap();
+    rig_tenants::settings::set(&control.pool, "acme", "notifier.events", Some("MERGED"))
+        .await
+        .unwrap();
+    let n = start_notifier(&control, &deployment).await;
+    // acme's consumer starts at acme's head once it is taken up.
+    wait_for("acme's notifier checkpoint", Duration::from_secs(20), || async {
+        (acme
+            .count("SELECT count(*) FROM checkpoints WHERE consumer = 'notifier'")
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+
+    append_to_tenant(
+        &control,
+        &acme,
+        "acme",
+        "acme/widgets#7",
+        "CI_FAILED",
+        json!({"pr_number": 70}),
+    )
+    .await;
+    append_to_tenant(
+        &control,
+        &acme,
+        "acme",
+        "acme/widgets#7",
+        "MERGED",
+        json!({"pr_number": 70}),
+    )
+    .await;
+    append(
+        &ingest,
+        "globex/app#3",
+        json!([{"type": "CI_FAILED", "data": {"pr_number": 30}}, {"type": "MERGED", "data": {"pr_number": 30}}]),
+    )
+    .await;
+    wait_all_sent(&control, 2).await;
+    wait_for("acme's message", Duration::from_secs(20), || async {
+        (acme
+            .count("SELECT count(*) FROM notifier_outbox WHERE sent_at IS NOT NULL")
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    // acme's list has MERGED only: its CI_FAILED is not even in its outbox.
+    assert_eq!(acme.count("SELECT count(*) FROM notifier_outbox").await, 1);
+    let to_own: Vec<String> = own.hits().iter().map(|h| h.body.to_string()).collect();
+    let to_deployment: Vec<String> = deployment.hits().iter().map(|h| h.body.to_string()).collect();
+    assert_eq!(to_own.len(), 1, "{to_own:?}");
+    assert!(to_own[0].contains("acme/widgets"), "{to_own:?}");
+    assert_eq!(to_deployment.len(), 2, "{to_deployment:?}");
+    assert!(to_deployment
+        .iter()
+        .all(|b| b.contains("globex/app") && !b.contains("acme/widgets")));
+    drop(n);
+}

@@ -1,10 +1,11 @@
 //! The native JSON API: append, stream reads with time travel, and the read models.
 
 use crate::error::ApiError;
+use crate::tenants::Scoped;
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -359,7 +360,7 @@ pub async fn refuse(state: &AppState, result: Result<Response, ApiError>) -> Res
 
 /// `POST /v1/events` (the token and the Content-Type were checked before the body was read,
 /// by the middleware in `app`).
-pub async fn append(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn append(Scoped(state): Scoped, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let bytes = body_bytes(&state, body);
     let parsed = bytes.and_then(|b| parse_json(&b)).and_then(parse_append);
     match parsed {
@@ -438,7 +439,7 @@ fn cut_page<T>(rows: &mut Vec<T>, limit: i64, offset: i64) -> Option<i64> {
 /// stream, `next_from_version` says where the next page starts; `version` and `state` always
 /// describe the whole stream up to the cut, whatever page is shown.
 pub async fn read_stream(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     StreamPath(stream): StreamPath,
     ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Response, ApiError> {
@@ -559,7 +560,7 @@ pub async fn read_stream(
 }
 
 /// `GET /v1/issues/{stream_id}`
-pub async fn get_issue(State(state): State<AppState>, StreamPath(stream): StreamPath) -> Result<Response, ApiError> {
+pub async fn get_issue(Scoped(state): Scoped, StreamPath(stream): StreamPath) -> Result<Response, ApiError> {
     let sid = stream.to_string();
     let row: Option<IssueState> = sqlx::query_as("SELECT * FROM issue_state WHERE stream_id = $1")
         .bind(&sid)
@@ -585,10 +586,7 @@ pub const STATUSES: &[&str] = &["approved", "assigned", "in_progress", "in_revie
 
 /// `GET /v1/issues?status=…&agent_id=…&repo=…&limit=…&offset=…`: most recently updated first;
 /// `next_offset` when more follow.
-pub async fn list_issues(
-    State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<IssuesQuery>,
-) -> Result<Response, ApiError> {
+pub async fn list_issues(Scoped(state): Scoped, ApiQuery(q): ApiQuery<IssuesQuery>) -> Result<Response, ApiError> {
     if let Some(s) = &q.status {
         if !STATUSES.contains(&s.as_str()) {
             return Err(ApiError::InvalidRequest(format!(
@@ -636,10 +634,7 @@ pub struct PageQuery {
 }
 
 /// `GET /v1/agents?limit=…&offset=…`: by agent id; `next_offset` when more follow.
-pub async fn list_agents(
-    State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Response, ApiError> {
+pub async fn list_agents(Scoped(state): Scoped, ApiQuery(q): ApiQuery<PageQuery>) -> Result<Response, ApiError> {
     let (limit, offset) = page_params(q.limit.as_deref(), q.offset.as_deref())?;
     let mut agents: Vec<AgentView> = sqlx::query_as(
         "SELECT agent_id, last_heartbeat_at, current_stream_id, status, updated_at FROM agent_status \
@@ -723,7 +718,7 @@ struct UsageAnswer {
 
 /// `GET /v1/usage?stream_id=…|agent_id=…&limit=…&offset=…`: token usage (token-projector's
 /// table); `total` sums the rows listed, `next_offset` says when more follow.
-pub async fn usage(State(state): State<AppState>, ApiQuery(q): ApiQuery<UsageQuery>) -> Result<Response, ApiError> {
+pub async fn usage(Scoped(state): Scoped, ApiQuery(q): ApiQuery<UsageQuery>) -> Result<Response, ApiError> {
     let sid = match &q.stream_id {
         Some(s) => Some(parse_stream_id(s)?.to_string()),
         None => None,
@@ -794,10 +789,7 @@ struct DailyCostAnswer {
 
 /// `GET /v1/costs/daily?days=N&limit=…&offset=…`: the last N UTC days (today included) of
 /// `daily_cost`; `total_cost_usd` sums the rows listed, `next_offset` says when more follow.
-pub async fn daily_costs(
-    State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<CostQuery>,
-) -> Result<Response, ApiError> {
+pub async fn daily_costs(Scoped(state): Scoped, ApiQuery(q): ApiQuery<CostQuery>) -> Result<Response, ApiError> {
     let days = int_param("days", q.days.as_deref(), 1, 3660)?.map_or(7, |d| d as i32);
     let (limit, offset) = page_params(q.limit.as_deref(), q.offset.as_deref())?;
     let mut rows: Vec<DailyCostRow> = sqlx::query_as(&format!(

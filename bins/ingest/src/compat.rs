@@ -5,16 +5,15 @@
 
 use crate::api::{body_bytes, parse_append, parse_json, refuse, submit};
 use crate::error::ApiError;
-use crate::AppState;
+use crate::tenants::Scoped;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 /// `POST /api/events` (the token and the Content-Type were checked before the body was read,
 /// by the middleware in `app`).
-pub async fn append(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn append(Scoped(state): Scoped, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let parsed = body_bytes(&state, body)
         .and_then(|b| parse_json(&b))
         .and_then(translate)

@@ -36,6 +36,9 @@ pub enum ApiError {
     RequestTimeout,
     /// Every read slot stayed taken while the read waited.
     Busy(&'static str),
+    /// The path names no tenant this caller may use: a malformed or reserved slug, an unknown or
+    /// disabled tenant, or another tenant than the token's. One answer for all, naming nothing.
+    UnknownTenant,
 }
 
 impl From<AppendError> for ApiError {
@@ -86,6 +89,13 @@ impl ApiError {
             ForbiddenOrigin(d) => (StatusCode::FORBIDDEN, body("forbidden_origin", d.clone())),
             MisdirectedRequest(d) => (StatusCode::MISDIRECTED_REQUEST, body("misdirected_request", d.clone())),
             Busy(d) => (StatusCode::SERVICE_UNAVAILABLE, body("busy", (*d).to_owned())),
+            UnknownTenant => (
+                StatusCode::NOT_FOUND,
+                body(
+                    "unknown_tenant",
+                    "no such tenant (or not one this token may use)".into(),
+                ),
+            ),
             RequestTimeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 body(

@@ -21,12 +21,13 @@
 
 use crate::api::{body_bytes, parse_json};
 use crate::error::ApiError;
+use crate::tenants::{PathTenant, Scoped};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
@@ -481,14 +482,17 @@ struct Answer {
     body: Value,
 }
 
-/// `POST /v1/github/webhook` and `POST /api/webhook/github`.
+/// `POST /v1/github/webhook` and `POST /api/webhook/github`; on `/t/{slug}/…` for that tenant,
+/// else for the tenant the delivery's repository is routed to (`rigctl tenants route`).
 pub async fn webhook(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
+    by_path: Option<Extension<PathTenant>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let label = event_label(header_str(&headers, EVENT_HEADER));
-    let result = match tokio::time::timeout(DEADLINE, handle(&state, &headers, body)).await {
+    let handled = handle(&state, by_path.is_some(), &headers, body);
+    let result = match tokio::time::timeout(DEADLINE, handled).await {
         Ok(r) => r,
         // The append may still commit; the redelivery is then an idempotent no-op.
         Err(_) => Err(ApiError::Append(AppendError::Unavailable(
@@ -513,14 +517,69 @@ pub async fn webhook(
     resp
 }
 
+/// The tenant an unprefixed delivery goes to: by its repository's full name, its installation,
+/// then its owner (`rig_tenants::route`); `None` for `default`. A delivery routed to a tenant
+/// that is disabled (or gone) is refused 404 `unknown_tenant` and stored nowhere, once its
+/// signature has been checked with that tenant's secret (an unsigned sender learns nothing).
+async fn route_delivery(state: &AppState, headers: &HeaderMap, bytes: &[u8]) -> Result<Option<AppState>, ApiError> {
+    let catalog = state.tenants.catalog();
+    // Without tenants every delivery is default's, as it always was: no lookup.
+    if catalog.entries.is_empty() {
+        return Ok(None);
+    }
+    // A payload that does not read names no route; default's checks then refuse it.
+    let Ok(payload) = parse_payload(headers, bytes) else {
+        return Ok(None);
+    };
+    let repo = str_at(&payload, "/repository/full_name");
+    let installation = payload.pointer("/installation/id").and_then(Value::as_i64);
+    let owner = str_at(&payload, "/repository/owner/login").or_else(|| str_at(&payload, "/organization/login"));
+    let slug = rig_tenants::route(&state.pool, repo, installation, owner).await?;
+    if slug == rig_tenants::DEFAULT {
+        return Ok(None);
+    }
+    match catalog.entries.get(&slug) {
+        Some(e) if e.tenant.enabled => Ok(Some(state.tenants.scope(state, e)?)),
+        other => {
+            let secret = other.and_then(|e| e.settings.webhook_secret.as_ref()).or(state
+                .settings
+                .ingest
+                .github
+                .webhook_secret
+                .as_ref());
+            if let Some(secret) = secret {
+                verify_signature(
+                    secret.expose_secret().as_bytes(),
+                    bytes,
+                    header_str(headers, SIGNATURE_HEADER),
+                )
+                .map_err(ApiError::BadSignature)?;
+            }
+            Err(ApiError::UnknownTenant)
+        }
+    }
+}
+
 async fn handle(
     state: &AppState,
+    by_path: bool,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Answer, ApiError> {
     let bytes = body_bytes(state, body)?;
-    let gh = &state.settings.ingest.github;
-    if let Some(secret) = &gh.webhook_secret {
+    let routed = if by_path {
+        None
+    } else {
+        route_delivery(state, headers, &bytes).await?
+    };
+    let state = routed.as_ref().unwrap_or(state);
+    // The tenant's own secret when it has one, else the deployment's.
+    let secret = state
+        .tenant_settings
+        .webhook_secret
+        .as_ref()
+        .or(state.settings.ingest.github.webhook_secret.as_ref());
+    if let Some(secret) = secret {
         verify_signature(
             secret.expose_secret().as_bytes(),
             &bytes,
@@ -570,7 +629,11 @@ async fn handle_delivery(
     delivery: &str,
     body_sha256: &[u8; 32],
 ) -> Result<Answer, ApiError> {
-    let gh = &state.settings.ingest.github;
+    let approve_label = state
+        .tenant_settings
+        .approve_label
+        .as_deref()
+        .unwrap_or(&state.settings.ingest.github.approve_label);
     // This delivery's record, else the record of the delivery that brought the same body.
     let previous: Option<(String, String)> = sqlx::query_as(
         "SELECT delivery_id, outcome FROM github_deliveries WHERE delivery_id = $1 OR body_sha256 = $2 \
@@ -637,7 +700,7 @@ async fn handle_delivery(
         }
         Answer { status, outcome, body }
     };
-    let (repo, target, draft) = match plan(event, &payload, &gh.approve_label).map_err(ApiError::InvalidRequest)? {
+    let (repo, target, draft) = match plan(event, &payload, approve_label).map_err(ApiError::InvalidRequest)? {
         Plan::Ignore(why) => {
             tracing::debug!(delivery, event, action, why, "github delivery ignored");
             record(&mut *db, delivery, body_sha256, event, action, "ignored").await?;

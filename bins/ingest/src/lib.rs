@@ -7,6 +7,7 @@ pub mod compat;
 pub mod dashboard;
 pub mod error;
 pub mod github;
+pub mod tenants;
 
 use anyhow::bail;
 use axum::extract::{MatchedPath, Request, State};
@@ -43,15 +44,35 @@ pub struct AppState {
     /// `ingest.github.branch_issue_pattern`, compiled once at start. In an `Arc` because the
     /// state is cloned for every request, and cloning a `Regex` builds a new match cache.
     pub branch_issue_re: Arc<regex::Regex>,
+    /// The tenant whose log `pool`, `read_pool` and `writer` are: `default` in the router's
+    /// state, the request's own in a [`tenants::Scoped`] one.
+    pub tenant: Arc<str>,
+    /// That tenant's settings (none for `default`: the deployment's apply).
+    pub tenant_settings: Arc<rig_tenants::TenantSettings>,
+    pub tenants: Arc<tenants::Registry>,
+}
+
+impl AppState {
+    pub fn is_default_tenant(&self) -> bool {
+        &*self.tenant == rig_tenants::DEFAULT
+    }
 }
 
 /// The whole HTTP surface, separate from serving so tests can call it in-process.
 ///
-/// Order of the checks on a request, outermost first: metrics; the browser rules (`Host`,
-/// `Origin`); the request deadline; then, on the routes that write, the bearer token and the
-/// `Content-Type`, both before the body is read; then the handler, which reads the body within
-/// `ingest.max_body_bytes`.
+/// Order of the checks on a request, outermost first: the tenant prefix (`/t/{tenant}`) taken
+/// off the path; metrics; the browser rules (`Host`, `Origin`); the request deadline; then, on
+/// each route, its tenant and who asks (`tenants::scope_*`: on the routes that write, the bearer
+/// token) and the `Content-Type`, both before the body is read; then the handler, which reads the
+/// body within `ingest.max_body_bytes`.
 pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
+    // The tenant prefix comes off before routing (see `tenants`): around the whole router.
+    Router::new()
+        .fallback_service(routes(state, metrics))
+        .layer(axum::middleware::from_fn(tenants::strip_tenant))
+}
+
+fn routes(state: AppState, metrics: PrometheusHandle) -> Router {
     let ops = rig_ops::http::router(rig_ops::http::OpsState {
         pool: state.pool.clone(),
         metrics,
@@ -62,22 +83,45 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
         .route("/v1/events", post(api::append))
         .route("/api/events", post(compat::append))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_json))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            tenants::scope_write,
+        ));
     let webhooks = Router::new()
         .route("/v1/github/webhook", post(github::webhook))
         .route("/api/webhook/github", post(github::webhook))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_json_for_webhook,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            tenants::scope_webhook,
+        ));
+    let dashboard = Router::new()
+        .route("/dashboard", get(dashboard::page).post(dashboard::login))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.read_lane.clone(),
+            limit_reads,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            tenants::scope_dashboard,
         ));
     let reads = Router::new()
-        .route("/dashboard", get(dashboard::page))
         .route("/v1/streams/{*stream_id}", get(api::read_stream))
         .route("/v1/issues", get(api::list_issues))
         .route("/v1/issues/{*stream_id}", get(api::get_issue))
         .route("/v1/agents", get(api::list_agents))
         .route("/v1/usage", get(api::usage))
         .route("/v1/costs/daily", get(api::daily_costs))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.read_lane.clone(),
+            limit_reads,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), tenants::scope_read));
+    let admin = Router::new()
+        .route("/v1/admin/tenants", get(tenants::list))
         .route_layer(axum::middleware::from_fn_with_state(
             state.read_lane.clone(),
             limit_reads,
@@ -89,6 +133,8 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
         .merge(reads)
         .merge(writes)
         .merge(webhooks)
+        .merge(admin)
+        .merge(dashboard)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
@@ -102,7 +148,10 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
             request_timeout,
         ))
         .layer(axum::middleware::from_fn_with_state(browser, browser_rules))
-        .layer(axum::middleware::from_fn(track_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.tenants.clone(),
+            track_requests,
+        ))
 }
 
 /// How long a read waits for one of the read slots before it is answered 503.
@@ -181,23 +230,17 @@ async fn json_timeout(resp: Response) -> Response {
     resp
 }
 
-/// The bearer token, checked before anything reads the body: a client without one cannot make
-/// ingest wait for, or hold, a body.
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match authorize(&state, req.headers()) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
-}
-
 /// In open mode (no `ingest.auth_tokens`), writes are JSON and say so. A browser page may send
 /// a cross-origin POST without asking first (no CORS preflight) only as `text/plain`, a form or
 /// multipart; refusing every other type keeps such a page from writing events through a
 /// visitor's browser. With tokens the bearer token already proves the sender (a page cannot set
 /// `Authorization` cross-origin without a preflight, which ingest never grants), so any client
 /// that sends one is served whatever type it declares.
+///
+/// A tenant's routes always take a token (checked before this, in `tenants::scope_write`).
 async fn require_json(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !state.settings.ingest.auth_tokens.is_empty() || is_json(req.headers()) {
+    let tenant = req.extensions().get::<tenants::PathTenant>().is_some();
+    if tenant || !state.settings.ingest.auth_tokens.is_empty() || is_json(req.headers()) {
         next.run(req).await
     } else {
         ApiError::UnsupportedMediaType(
@@ -212,8 +255,15 @@ async fn require_json(State(state): State<AppState>, req: Request, next: Next) -
 /// With `ingest.github.webhook_secret` set the signature proves the sender, so any type is taken
 /// (GitHub sends JSON, or a form, `payload=<json>`, its settings' default). Without a secret the
 /// webhook takes JSON only: a form could come from any web page.
+///
+/// On `/t/{slug}/…` the tenant's own secret counts too.
 async fn require_json_for_webhook(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if state.settings.ingest.github.webhook_secret.is_some() || is_json(req.headers()) {
+    let tenant_secret = req
+        .extensions()
+        .get::<tenants::PathTenant>()
+        .and_then(|t| state.tenants.enabled(&t.0))
+        .is_some_and(|e| e.settings.webhook_secret.is_some());
+    if tenant_secret || state.settings.ingest.github.webhook_secret.is_some() || is_json(req.headers()) {
         next.run(req).await
     } else {
         ApiError::UnsupportedMediaType(
@@ -346,8 +396,10 @@ async fn method_not_allowed() -> Response {
         .into_response()
 }
 
-/// Request count and latency by matched route (never the raw path: ids are unbounded).
-async fn track_requests(req: Request, next: Next) -> Response {
+/// Request count and latency by matched route (never the raw path: ids are unbounded), and by
+/// tenant (see `tenants::tenant_label`: bounded too).
+async fn track_requests(State(registry): State<Arc<tenants::Registry>>, req: Request, next: Next) -> Response {
+    let tenant = tenants::tenant_label(&registry, req.extensions().get::<tenants::PathTenant>());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -357,7 +409,7 @@ async fn track_requests(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    metrics::counter!("rig_ingest_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+    metrics::counter!("rig_ingest_requests_total", "route" => route.clone(), "method" => method, "status" => status, "tenant" => tenant)
         .increment(1);
     metrics::histogram!("rig_ingest_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
@@ -460,7 +512,7 @@ pub async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: Cancel
 }
 
 /// A duration as Postgres takes `statement_timeout`: whole milliseconds.
-fn millis(d: std::time::Duration) -> String {
+pub(crate) fn millis(d: std::time::Duration) -> String {
     d.as_millis().max(1).to_string()
 }
 
@@ -497,6 +549,18 @@ pub async fn start(
         shutdown_timeout: settings.ingest.shutdown_timeout,
     };
     let lane_stop = CancellationToken::new();
+    let registry = Arc::new(tenants::Registry::new(
+        pool.clone(),
+        &settings,
+        tokio::runtime::Handle::current(),
+    ));
+    // Tenants known at start are served from the first request; a failure here is retried by
+    // the watcher within seconds (and `default` needs no catalog).
+    if let Err(e) = registry.reload().await {
+        tracing::warn!(error = %e, "cannot read the tenant catalog yet; serving default only until it can be read");
+    }
+    tokio::spawn(registry.clone().watch_catalog(lane_stop.clone()));
+    tokio::spawn(registry.clone().send_wakeups(lane_stop.clone()));
     let state = AppState {
         read_pool: read_pool(&pool, &settings),
         read_lane: ReadLane::start(settings.ingest.read_pool_size as usize, lane_stop.clone())?,
@@ -505,6 +569,9 @@ pub async fn start(
         writer,
         settings: Arc::new(settings),
         branch_issue_re: Arc::new(branch_issue_re),
+        tenant: Arc::from(rig_tenants::DEFAULT),
+        tenant_settings: Arc::new(rig_tenants::TenantSettings::default()),
+        tenants: registry,
     };
     let serving = rig_ops::http::serve_on(listener, app(state, metrics), limits, shutdown);
     // The read lane outlives the server, so reads in flight at SIGTERM finish too.

@@ -33,6 +33,26 @@ pub(super) fn dashboard(p: &Params, d: &Data, threshold: std::time::Duration) ->
     layout(p, "rig-conductor dashboard", body)
 }
 
+/// The form a browser gives a tenant's token in (once: it is then kept in a cookie).
+pub(super) fn login(p: &Params, message: Option<&str>) -> Markup {
+    let body = html! {
+        header { h1 { "rig-conductor" } }
+        @if let Some(m) = message {
+            p.notice { (m) }
+        }
+        section {
+            h2 { "Sign in" }
+            p { "This dashboard takes the tenant's token (or an admin token). It is kept in this browser as a cookie until you sign out." }
+            form method="post" action=(p.base()) {
+                input type="password" name="token" autocomplete="off" required placeholder="token";
+                " "
+                button type="submit" { "Open" }
+            }
+        }
+    };
+    layout(p, "rig-conductor dashboard: sign in", body)
+}
+
 pub(super) fn unavailable(p: &Params) -> Markup {
     let body = html! {
         header { h1 { "rig-conductor" } }
@@ -78,6 +98,27 @@ fn header(p: &Params, d: &Data) -> Markup {
                 @for (i, (id, name)) in SECTIONS.iter().enumerate() {
                     @if i > 0 { " " }
                     a href={ "#" (id) } { (name) }
+                }
+            }
+            @if let Some(t) = &p.tenant {
+                p.meta {
+                    "Tenant " b { (t) } " · "
+                    form method="post" action=(p.base()) {
+                        input type="hidden" name="logout" value="1";
+                        button type="submit" { "sign out" }
+                    }
+                }
+            }
+            @if !p.picker.is_empty() {
+                nav.tenants {
+                    "Tenants: "
+                    @for (name, href) in &p.picker {
+                        @if p.tenant.as_deref().unwrap_or(rig_tenants::DEFAULT) == name.as_str() {
+                            b { (name) } " "
+                        } @else {
+                            a href=(href) { (name) } " "
+                        }
+                    }
                 }
             }
         }

@@ -23,6 +23,10 @@ pub(super) struct Params {
     pub refresh: u32,
     /// What was wrong with the query string, said at the top of the page.
     pub notices: Vec<String>,
+    /// The tenant shown, when it is not `default` (its page is `/t/{tenant}/dashboard`).
+    pub tenant: Option<String>,
+    /// The dashboards an admin may switch to: (name, link), `default` first.
+    pub picker: Vec<(String, String)>,
 }
 
 impl Params {
@@ -66,6 +70,14 @@ impl Params {
         p
     }
 
+    /// The page's own path: `/dashboard`, or `/t/{tenant}/dashboard`.
+    pub fn base(&self) -> String {
+        match &self.tenant {
+            Some(t) => format!("/t/{t}/dashboard"),
+            None => "/dashboard".to_owned(),
+        }
+    }
+
     pub fn href(&self) -> String {
         let mut parts = Vec::new();
         if let Some(i) = &self.issue {
@@ -81,9 +93,9 @@ impl Params {
             parts.push(format!("refresh={}", self.refresh));
         }
         if parts.is_empty() {
-            "/dashboard".to_owned()
+            self.base()
         } else {
-            format!("/dashboard?{}", parts.join("&"))
+            format!("{}?{}", self.base(), parts.join("&"))
         }
     }
 
@@ -137,5 +149,10 @@ mod tests {
             ..Params::default()
         };
         assert_eq!(p.href(), "/dashboard");
+        let p = Params {
+            tenant: Some("acme".into()),
+            ..p
+        };
+        assert_eq!(p.with_refresh(0), "/t/acme/dashboard?refresh=0");
     }
 }

@@ -113,7 +113,7 @@ pub(super) fn timeline(p: &Params, d: &Data) -> Markup {
 /// Choosing a stream by typing its id; the other settings ride along as hidden fields.
 fn issue_form(p: &Params) -> Markup {
     html! {
-        form method="get" action="/dashboard" {
+        form method="get" action=(p.base()) {
             input type="text" name="issue" placeholder="owner/repo#42 or agent:id"
                 value=(p.issue.as_deref().unwrap_or(""));
             @if p.by_repo {

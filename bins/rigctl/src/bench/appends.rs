@@ -194,13 +194,13 @@ pub(super) struct SingleAppends {
 pub(super) async fn single_appends_phase(env: &Env<'_>, figures: &mut Vec<Figure>) -> anyhow::Result<SingleAppends> {
     let (sizes, pool) = (env.sizes, env.pool);
     progress(&format!(
-        "[1/13] raw single-row autocommit INSERT, 8 connections, {} s …",
+        "[1/14] raw single-row autocommit INSERT, 8 connections, {} s …",
         sizes.seconds
     ));
     let (raw, raw_latency) = raw_insert_autocommit(pool, env.opts, sizes, env.wal_timed).await?;
     progress(&format!("      {:.0} rows/s", raw.value));
     progress(&format!(
-        "[2/13] single-event appends over HTTP, 64 clients on distinct streams, {} s …",
+        "[2/14] single-event appends over HTTP, 64 clients on distinct streams, {} s …",
         sizes.seconds
     ));
     let wal0 = WalSyncs::take(pool).await;
@@ -222,7 +222,7 @@ pub(super) async fn single_appends_phase(env: &Env<'_>, figures: &mut Vec<Figure
     // (422), so ingest does all its HTTP and JSON work and no database work. When raw autocommit
     // is fast (a quick fsync), 4x of it can exceed what the HTTP path alone can answer.
     progress(&format!(
-        "[3/13] HTTP without the database: the same 64 clients, the body refused by validation (422), {} s …",
+        "[3/14] HTTP without the database: the same 64 clients, the body refused by validation (422), {} s …",
         sizes.seconds
     ));
     let refused = http_appends(env.ingest_addr, 64, 1, "refused", Body::Refused, sizes, env.probe).await?;
@@ -265,13 +265,13 @@ fn http_ceiling(refused: HttpResult, raw_single: &Baseline) -> Baseline {
 pub(super) async fn batch_appends_phase(env: &Env<'_>, figures: &mut Vec<Figure>) -> anyhow::Result<Baseline> {
     let sizes = env.sizes;
     progress(&format!(
-        "[6/13] raw 100-row INSERT per transaction, 8 connections, {} s …",
+        "[6/14] raw 100-row INSERT per transaction, 8 connections, {} s …",
         sizes.seconds
     ));
     let raw_batch = raw_insert_batches(env.opts, sizes).await?;
     progress(&format!("      {:.0} rows/s", raw_batch.value));
     progress(&format!(
-        "[7/13] 500-event appends over HTTP, 4 clients, {} s …",
+        "[7/14] 500-event appends over HTTP, 4 clients, {} s …",
         sizes.seconds
     ));
     let batch = http_appends(env.ingest_addr, 4, 500, "batch", Body::Valid, sizes, env.probe).await?;

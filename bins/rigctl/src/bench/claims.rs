@@ -120,7 +120,7 @@ pub(super) async fn claims_phase(
     figures: &mut Vec<Figure>,
 ) -> anyhow::Result<()> {
     progress(&format!(
-        "[8/13] claims: 64 clients racing for 32 issues, {} s …",
+        "[8/14] claims: 64 clients racing for 32 issues, {} s …",
         env.sizes.seconds
     ));
     let claims = claim_race(env.http, env.append_url, env.ingest_addr, env.sizes, env.probe).await?;

@@ -98,7 +98,7 @@ pub(super) async fn idle_phase(
     figures: &mut Vec<Figure>,
 ) -> anyhow::Result<Vec<Worker>> {
     let sizes = env.sizes;
-    progress("[13/13] every worker idle: starting the others and waiting for them to catch up …");
+    progress("[13/14] every worker idle: starting the others and waiting for them to catch up …");
     let mut workers = running;
     for (bin, port) in [(COST, ports.cost), (STALE, ports.stale), (NOTIFIER, ports.notifier)] {
         let mut w = launcher.spawn(bin, port)?;

@@ -313,7 +313,7 @@ pub(super) async fn latency_phase(
     let mut token = launcher.spawn(TOKEN, ports.token)?;
     token.wait_ready(env.http, Duration::from_secs(30)).await?;
     progress(&format!(
-        "[12/13] append → token_usage latency at {}/s for {} s (rig-token-projector pid {}) …",
+        "[12/14] append → token_usage latency at {}/s for {} s (rig-token-projector pid {}) …",
         sizes.latency_rate,
         sizes.latency_seconds,
         token.pid()

@@ -50,6 +50,7 @@ mod rebuild;
 mod report;
 mod run;
 mod scratch;
+mod tenants;
 mod workers;
 
 use appends::*;
@@ -66,6 +67,7 @@ use rebuild::*;
 use report::*;
 use run::*;
 use scratch::*;
+use tenants::*;
 use workers::*;
 
 #[derive(Debug, Args)]
@@ -89,6 +91,10 @@ pub struct BenchArgs {
     /// Seconds over which the idle workers' CPU is sampled [default: 5; --quick: 1.5].
     #[arg(long)]
     pub idle_seconds: Option<f64>,
+    /// Tenants made for the tenants phase, each a database of its own on the scratch database's
+    /// server [default: 200; --quick: 10].
+    #[arg(long)]
+    pub tenants: Option<usize>,
     /// A CI-sized run (about 10-20 s): small defaults for every size not given explicitly.
     #[arg(long)]
     pub quick: bool,
@@ -100,7 +106,7 @@ pub struct BenchArgs {
     pub keep: bool,
     /// Run only this phase (after seeding the history and starting ingest): `hostile`, honest
     /// appends with and without hostile clients; `read-burst`, append latency with and without
-    /// 32 readers of a long stream.
+    /// 32 readers of a long stream; `tenants`, many tenants on one Postgres with every worker.
     #[arg(long, value_enum)]
     pub only: Option<Phase>,
 }
@@ -113,6 +119,9 @@ pub enum Phase {
     Hostile,
     /// Appends at a steady rate, alone and then beside 32 readers of a long stream.
     ReadBurst,
+    /// Many tenants on one Postgres, ingest and every worker running: connections, idle CPU,
+    /// append → projection latency.
+    Tenants,
 }
 
 /// The sizes of one run, with `--quick` resolved.
@@ -125,6 +134,7 @@ struct Sizes {
     latency_seconds: f64,
     latency_rate: u32,
     idle_seconds: f64,
+    tenants: usize,
     quick: bool,
     only: Option<Phase>,
 }
@@ -140,6 +150,7 @@ impl Sizes {
             latency_seconds: a.latency_seconds.unwrap_or(if q { 2.0 } else { 10.0 }),
             latency_rate: a.latency_rate,
             idle_seconds: a.idle_seconds.unwrap_or(if q { 1.5 } else { 5.0 }),
+            tenants: a.tenants.unwrap_or(if q { 10 } else { 200 }),
             quick: q,
             only: a.only,
         };
@@ -151,6 +162,9 @@ impl Sizes {
             if !(v.is_finite() && v > 0.0 && v <= 3600.0) {
                 bail!("{name} must be a number of seconds above 0 (and at most 3600)");
             }
+        }
+        if !(1..=1000).contains(&s.tenants) {
+            bail!("--tenants must be from 1 to 1000");
         }
         if s.rebuild_events == 0 {
             bail!("--rebuild-events must be at least 1");

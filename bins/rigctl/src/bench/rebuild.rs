@@ -127,11 +127,11 @@ pub(super) async fn rebuild_token_projector(pool: &PgPool, raw_read: &Baseline) 
 /// the raw read's baseline.
 pub(super) async fn rebuild_phase(env: &Env<'_>, figures: &mut Vec<Figure>) -> anyhow::Result<Baseline> {
     progress(&format!(
-        "[10/13] generating {} TOKEN_USAGE events in SQL …",
+        "[10/14] generating {} TOKEN_USAGE events in SQL …",
         env.sizes.rebuild_events
     ));
     generate_usage_events(env.pool, env.sizes.rebuild_events, "bench-rebuild").await?;
-    progress("[11/13] raw sequential read of events, then token-projector rebuild from position 0 …");
+    progress("[11/14] raw sequential read of events, then token-projector rebuild from position 0 …");
     let raw_read = raw_read(env.opts).await?;
     progress(&format!("      raw read {:.0} rows/s", raw_read.value));
     let rebuild = rebuild_token_projector(env.pool, &raw_read).await?;

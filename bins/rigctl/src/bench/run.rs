@@ -40,7 +40,10 @@ pub(super) async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
     // latency and idle phases need the other workers as real processes anyway.
     let bin_dir = process::binary_dir()?;
     // One phase needs ingest alone.
-    let needed: &[&str] = if sizes.only.is_some() { &[INGEST] } else { &WORKERS };
+    let needed: &[&str] = match sizes.only {
+        Some(Phase::Tenants) | None => &WORKERS,
+        Some(_) => &[INGEST],
+    };
     ensure_built(&bin_dir, needed)?;
     let scratch = ScratchDir::new()?;
     let ports = Ports::new()?;
@@ -79,6 +82,11 @@ pub(super) async fn bench(sizes: &Sizes, url: &str) -> anyhow::Result<Report> {
         },
     };
     let (baselines, figures, workers) = match sizes.only {
+        Some(Phase::Tenants) => {
+            let mut workers = vec![ingest];
+            let figures = tenants_phase(&env, &launcher, &ports, sizes.tenants, &mut workers, "[1/1]").await?;
+            (Vec::new(), figures, workers)
+        }
         Some(phase) => {
             let (alone, figure) = only_phase(&env, phase).await?;
             (vec![alone], vec![figure], vec![ingest])
@@ -133,7 +141,7 @@ async fn seed_history(pool: &PgPool, sizes: &Sizes) -> anyhow::Result<()> {
         return Ok(());
     }
     progress(&format!(
-        "[0/13] seeding a history of {} events (log and raw table alike) …",
+        "[0/14] seeding a history of {} events (log and raw table alike) …",
         sizes.history_events
     ));
     generate_usage_events(pool, sizes.history_events, "bench-history").await?;
@@ -171,6 +179,7 @@ async fn only_phase(env: &Env<'_>, phase: Phase) -> anyhow::Result<(Baseline, Fi
             progress(&read_burst_announcement(env.sizes, "[1/1]"));
             read_burst_figure(read_burst(env.ingest_addr, env.sizes, env.probe).await?)
         }
+        Phase::Tenants => anyhow::bail!("the tenants phase runs with every worker, in `bench`"),
     })
 }
 
@@ -184,13 +193,13 @@ async fn every_phase(
     let mut figures = Vec::new();
     // 1. single-row autocommit vs single-event appends, and the HTTP path alone.
     let single = single_appends_phase(env, &mut figures).await?;
-    let (alone, with_hostile) = hostile_phase(env.ingest_addr, env.sizes, env.probe, ["[4/13]", "[5/13]"]).await?;
+    let (alone, with_hostile) = hostile_phase(env.ingest_addr, env.sizes, env.probe, ["[4/14]", "[5/14]"]).await?;
     figures.push(with_hostile);
     // 2. 100-row transactions vs 500-event appends.
     let raw_batch = batch_appends_phase(env, &mut figures).await?;
     // 3. claims, then a burst of reads while appends go on.
     claims_phase(env, &single.raw, &mut figures).await?;
-    progress(&read_burst_announcement(env.sizes, "[9/13]"));
+    progress(&read_burst_announcement(env.sizes, "[9/14]"));
     let (read_burst_baseline, read_burst_fig) =
         read_burst_figure(read_burst(env.ingest_addr, env.sizes, env.probe).await?);
     figures.push(read_burst_fig);
@@ -199,7 +208,9 @@ async fn every_phase(
     // 5. latency, with the token-projector as a real process.
     let token = latency_phase(env, launcher, ports, &single.raw_latency, &mut figures).await?;
     // 6. idle.
-    let workers = idle_phase(env, launcher, ports, vec![ingest, token], &mut figures).await?;
+    let mut workers = idle_phase(env, launcher, ports, vec![ingest, token], &mut figures).await?;
+    // 7. many tenants, every worker running.
+    figures.extend(tenants_phase(env, launcher, ports, env.sizes.tenants, &mut workers, "[14/14]").await?);
 
     let raw_latency = single.raw_latency;
     let baselines = vec![

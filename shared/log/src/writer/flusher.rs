@@ -14,7 +14,7 @@
 
 use super::queue::Reply;
 use super::store;
-use super::{AppendError, AppendOk};
+use super::{AppendError, AppendOk, WriterOptions};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 use std::time::Instant;
@@ -33,10 +33,23 @@ pub(super) struct Answers {
 /// only sent once that commit is durable. If the flush fails, nobody can say whether the
 /// round's commits survived: every request of the round is answered 503 and its client retries
 /// (an append with its own event ids is then answered "already stored" if it had landed).
-pub(super) async fn flusher_loop(pool: PgPool, mut rx: mpsc::Receiver<Answers>) {
+pub(super) async fn flusher_loop(pool: PgPool, mut rx: mpsc::Receiver<Answers>, options: WriterOptions) {
     let mut conn: Option<PoolConnection<Postgres>> = None;
     let mut round: Vec<Answers> = Vec::new();
-    while rx.recv_many(&mut round, 1024).await > 0 {
+    loop {
+        let received = match (options.release_idle_after, conn.is_some()) {
+            (Some(idle), true) => match tokio::time::timeout(idle, rx.recv_many(&mut round, 1024)).await {
+                Ok(n) => n,
+                Err(_) => {
+                    conn = None;
+                    continue;
+                }
+            },
+            _ => rx.recv_many(&mut round, 1024).await,
+        };
+        if received == 0 {
+            break;
+        }
         let flushed = if round.iter().any(|a| a.needs_flush) {
             let started = Instant::now();
             let result = match store::connection(&pool, &mut conn).await {
@@ -57,6 +70,7 @@ pub(super) async fn flusher_loop(pool: PgPool, mut rx: mpsc::Receiver<Answers>) 
         } else {
             Ok(())
         };
+        let mut created = false;
         for answers in round.drain(..) {
             for (reply, result) in answers.replies {
                 let result = match &flushed {
@@ -65,18 +79,26 @@ pub(super) async fn flusher_loop(pool: PgPool, mut rx: mpsc::Receiver<Answers>) 
                         "the append may not be durable (its WAL flush failed: {e}); retry it"
                     ))),
                 };
-                record_outcome(&result);
+                created |= matches!(result, Ok(AppendOk::Created(_)));
+                record_outcome(&options.tenant, &result);
                 let _ = reply.send(result);
+            }
+        }
+        if created {
+            if let Some(on_commit) = &options.on_commit {
+                on_commit();
             }
         }
     }
 }
 
 /// Counts an answer as it leaves (after the flush, so the counters follow what clients heard).
-fn record_outcome(r: &Result<AppendOk, AppendError>) {
+fn record_outcome(tenant: &str, r: &Result<AppendOk, AppendError>) {
     match r {
-        Ok(AppendOk::Created(a)) => metrics::counter!("rig_ingest_events_appended_total")
-            .increment((a.last_version - a.first_version + 1) as u64),
+        Ok(AppendOk::Created(a)) => {
+            metrics::counter!("rig_ingest_events_appended_total", "tenant" => tenant.to_owned())
+                .increment((a.last_version - a.first_version + 1) as u64)
+        }
         Ok(AppendOk::AlreadyStored(_)) => metrics::counter!("rig_ingest_idempotent_retries_total").increment(1),
         Err(AppendError::WrongExpectedVersion { .. }) => {
             metrics::counter!("rig_ingest_conflicts_total", "kind" => "wrong_expected_version").increment(1)

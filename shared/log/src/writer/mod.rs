@@ -111,6 +111,36 @@ pub enum AppendError {
     Internal(String),
 }
 
+/// Called after a flush that made at least one committed append durable (a group commit may
+/// cover many batches: it is called once for them). It must not block: the answers of the
+/// appends it covers wait for it.
+pub type OnCommit = Arc<dyn Fn() + Send + Sync>;
+
+/// How a writer differs from the deployment's single log: whose log it is (the `tenant` label
+/// of its metrics), what to do after each commit, and whether it gives its connections back
+/// when idle.
+#[derive(Clone)]
+pub struct WriterOptions {
+    /// The `tenant` label of `rig_ingest_events_appended_total`.
+    pub tenant: String,
+    /// Signalled after each flush that covered committed appends (see [`OnCommit`]).
+    pub on_commit: Option<OnCommit>,
+    /// Gives the writer's and the flusher's connections back to the pool after this long
+    /// without work, so a quiet log holds no connection; `None` keeps them (the busy log's
+    /// writer never pays for a new connection).
+    pub release_idle_after: Option<std::time::Duration>,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            tenant: "default".to_owned(),
+            on_commit: None,
+            release_idle_after: None,
+        }
+    }
+}
+
 /// Handle to the writer task.
 #[derive(Clone)]
 pub struct Writer {
@@ -131,9 +161,14 @@ impl Drop for InFlight<'_> {
 impl Writer {
     /// Starts the writer task. It stops when every handle is dropped.
     pub fn spawn(pool: sqlx::PgPool, max_batch: usize) -> Writer {
+        Writer::spawn_with(pool, max_batch, WriterOptions::default())
+    }
+
+    /// [`Writer::spawn`] with [`WriterOptions`].
+    pub fn spawn_with(pool: sqlx::PgPool, max_batch: usize, options: WriterOptions) -> Writer {
         // The append counters exist from the start (at 0), so a rate or an alert over them never
         // finds the series missing before the first append or the first conflict.
-        metrics::counter!("rig_ingest_events_appended_total").increment(0);
+        metrics::counter!("rig_ingest_events_appended_total", "tenant" => options.tenant.clone()).increment(0);
         metrics::counter!("rig_ingest_idempotent_retries_total").increment(0);
         metrics::counter!("rig_ingest_batch_splits_total").increment(0);
         for kind in ["wrong_expected_version", "duplicate_event_id", "already_assigned"] {
@@ -141,8 +176,14 @@ impl Writer {
         }
         let (tx, rx) = mpsc::channel(max_batch * 4);
         let (durable_tx, durable_rx) = mpsc::channel(64);
-        tokio::spawn(queue::writer_loop(pool.clone(), rx, durable_tx, max_batch));
-        tokio::spawn(flusher::flusher_loop(pool, durable_rx));
+        tokio::spawn(queue::writer_loop(
+            pool.clone(),
+            rx,
+            durable_tx,
+            max_batch,
+            options.release_idle_after,
+        ));
+        tokio::spawn(flusher::flusher_loop(pool, durable_rx, options));
         Writer {
             tx,
             in_flight: Arc::new(AtomicUsize::new(0)),

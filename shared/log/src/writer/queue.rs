@@ -28,15 +28,26 @@ pub(super) async fn writer_loop(
     mut rx: mpsc::Receiver<Job>,
     durable: mpsc::Sender<Answers>,
     max_batch: usize,
+    release_idle_after: Option<std::time::Duration>,
 ) {
     // A connection of its own, kept across batches; replaced after any error that may have
-    // broken it.
+    // broken it, and given back after `release_idle_after` without work when that is set.
     let mut conn: Option<PoolConnection<Postgres>> = None;
     let mut carry: Vec<Job> = Vec::new();
     loop {
         let mut batch = std::mem::take(&mut carry);
         if batch.is_empty() {
-            match rx.recv().await {
+            let next = match (release_idle_after, conn.is_some()) {
+                (Some(idle), true) => match tokio::time::timeout(idle, rx.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        conn = None;
+                        continue;
+                    }
+                },
+                _ => rx.recv().await,
+            };
+            match next {
                 Some(job) => batch.push(job),
                 None => return,
             }
