@@ -1,16 +1,18 @@
 //! The whole-system fault test: every worker of the rig runs as a real process against
-//! a Postgres of its own, fed by `rigctl simulate` and by writers of this test, while the test
+//! a Postgres of its own, over two tenants (`default` and `acme`, each its own database), fed by
+//! `rigctl simulate` in each tenant and by writers of this test, while the test
 //! SIGKILLs tailing workers at random moments, kills one of the two ingests, crashes Postgres
 //! once (immediate shutdown: no checkpoint, unflushed WAL lost, crash recovery at start), and
 //! sends a stream of bad requests to both ingests.
 //!
 //! What it proves once the feeding stops: no process crashed, every bad request got a clear 4xx
-//! (or 503 while the database was away) and wrote nothing, every consumer caught up, the
-//! projector tables equal a fold of the log computed here, every event a client got a 2xx for is
+//! (or 503 while the database was away) and wrote nothing, every consumer of both tenants caught
+//! up, each tenant's projector tables equal a fold of its own log computed here, every event a
+//! client got a 2xx for is
 //! in the log, and the fake Discord got every notifiable event at least once, and each repeat
 //! of a message is explained by its own notifier kill or Postgres restart that came between the
 //! two posts (the one message in flight at such a moment; usually twice, three times when two
-//! kills in a row catch the same message).
+//! kills in a row catch the same message), one such message per tenant.
 //!
 //! `RIG_FAULT_SECONDS` sets the chaos phase (default 40 s, for CI); `RIG_FAULT_SEED` the seed of
 //! the schedule and of the generated traffic. Figures are printed (`--nocapture` shows them).
@@ -187,7 +189,9 @@ fn prices_toml(prices: &[Price]) -> String {
 
 #[derive(Clone, Default)]
 struct Discord {
-    /// Event id named in each post's embed footer, with the arrival time, in arrival order.
+    /// `<webhook>:<event id>` of each post (the webhook's id in its path: each tenant posts to
+    /// its own, and event ids derived from a stream and a version, such as stale-heartbeat's,
+    /// repeat across tenants), with the arrival time, in arrival order.
     posts: Arc<Mutex<Vec<(String, Instant)>>>,
 }
 
@@ -195,9 +199,10 @@ impl Respond for Discord {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let footer = body["embeds"][0]["footer"]["text"].as_str().unwrap_or("");
-        let event = footer.rsplit("event ").next().unwrap_or("").to_owned();
+        let event = footer.rsplit("event ").next().unwrap_or("");
+        let webhook = req.url.path().split('/').nth(3).unwrap_or("");
         let mut posts = self.posts.lock().unwrap();
-        posts.push((event, Instant::now()));
+        posts.push((format!("{webhook}:{event}"), Instant::now()));
         ResponseTemplate::new(200)
             .set_body_json(json!({"id": format!("{}", posts.len()), "type": 0}))
             .set_delay(Duration::from_millis(40))
@@ -694,6 +699,29 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
         .await
         .unwrap();
     rig_log::db::migrate(&pool).await.unwrap();
+    // The second tenant: a database of its own on the same server, registered in the catalog.
+    let acme_url = format!("postgres://postgres@127.0.0.1:{}/rig_fault_acme", cluster.port);
+    rig_ops::pg::ensure_database(&acme_url).await.unwrap();
+    let acme = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&acme_url)
+        .await
+        .unwrap();
+    rig_log::db::migrate(&acme).await.unwrap();
+    rig_tenants::register(
+        &pool,
+        &rig_tenants::Tenant {
+            slug: "acme".into(),
+            database_name: "rig_fault_acme".into(),
+            server: None,
+            enabled: true,
+        },
+    )
+    .await
+    .unwrap();
+    let logs = [("default", &pool), ("acme", &acme)];
+    // Each tenant's webhook: the deployment's is /api/webhooks/1/…, acme's its own.
+    let webhook_ids = ["1", "2"];
 
     let discord = Discord::default();
     let discord_server = MockServer::start().await;
@@ -702,6 +730,14 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
         .mount(&discord_server)
         .await;
 
+    rig_tenants::settings::set(
+        &pool,
+        "acme",
+        "notifier.discord_webhook_url",
+        Some(&format!("{}/api/webhooks/2/acme", discord_server.uri())),
+    )
+    .await
+    .unwrap();
     let prices = prices();
     let config = std::env::temp_dir().join(format!("rig-fault-{}.toml", Uuid::new_v4().simple()));
     let toml = format!(
@@ -792,15 +828,24 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
     for w in &workers {
         wait_ready(w).await;
     }
-    // The notifier starts at the head of the log: what comes after its checkpoint is owed.
-    let notifier_start: i64 = wait_for("the notifier's checkpoint", Duration::from_secs(30), || async {
-        sqlx::query_scalar("SELECT position FROM checkpoints WHERE consumer = 'notifier'")
-            .fetch_optional(&pool)
-            .await
-            .ok()
-            .flatten()
-    })
-    .await;
+    // The notifier starts at the head of each tenant's log: what comes after its checkpoint is
+    // owed.
+    let mut notifier_starts = Vec::new();
+    for (tenant, log) in logs {
+        let start: i64 = wait_for(
+            &format!("{tenant}'s notifier checkpoint"),
+            Duration::from_secs(30),
+            || async {
+                sqlx::query_scalar("SELECT position FROM checkpoints WHERE consumer = 'notifier'")
+                    .fetch_optional(log)
+                    .await
+                    .ok()
+                    .flatten()
+            },
+        )
+        .await;
+        notifier_starts.push(start);
+    }
     println!("system up in {:.1} s", started.elapsed().as_secs_f64());
 
     // Feeders.
@@ -823,6 +868,32 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
             &format!("{}s", secs.ceil() as u64 + 5),
             "--seed",
             &seed.to_string(),
+        ],
+        &[
+            ("DATABASE_URL", url.clone()),
+            ("RIG_CONFIG", config.display().to_string()),
+            ("RIG_SIMULATE_TOKEN", TOKEN.to_owned()),
+        ],
+    );
+    // acme's rig, through ingest A's routes for acme (ingest B feeds default's).
+    let mut simulate_acme = Proc::spawn(
+        "rigctl",
+        &[
+            "simulate",
+            "--url",
+            &format!("{}/t/acme", bases[0]),
+            "--agents",
+            "4",
+            "--issues",
+            "1000",
+            "--silent-agents",
+            "1",
+            "--rate",
+            "15",
+            "--duration",
+            &format!("{}s", secs.ceil() as u64 + 5),
+            "--seed",
+            &(seed + 1).to_string(),
         ],
         &[
             ("DATABASE_URL", url.clone()),
@@ -896,14 +967,18 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
         "{:>6.1} s  test writers and bad requests stopped",
         chaos_start.elapsed().as_secs_f64()
     );
-    simulate.signal(libc::SIGINT);
-    let sim_status = simulate.terminate(Duration::from_secs(30)).unwrap();
-    let sim_log = simulate.log_text();
-    assert!(
-        sim_status.success(),
-        "rigctl simulate failed ({sim_status}); log:\n{}",
-        tail(&sim_log, 60)
-    );
+    let mut sim_logs = Vec::new();
+    for sim in [&mut simulate, &mut simulate_acme] {
+        sim.signal(libc::SIGINT);
+        let sim_status = sim.terminate(Duration::from_secs(30)).unwrap();
+        let sim_log = sim.log_text();
+        assert!(
+            sim_status.success(),
+            "rigctl simulate failed ({sim_status}); log:\n{}",
+            tail(&sim_log, 60)
+        );
+        sim_logs.push(sim_log);
+    }
     let fed = Instant::now();
     println!(
         "{:>6.1} s  simulator stopped; waiting for the consumers",
@@ -917,7 +992,16 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
     let allowed = Duration::from_secs_f64(120.0 + secs / 2.0);
     let deadline = Instant::now() + allowed;
     let final_lags = loop {
-        let (lags, held, pending) = catch_up_state(&pool).await;
+        let (mut lags, mut held, mut pending) = (Some(Vec::new()), Some(0), Some(0));
+        for (_, log) in logs {
+            let (l, h, p) = catch_up_state(log).await;
+            lags = lags.zip(l).map(|(mut a, b)| {
+                a.extend(b);
+                a
+            });
+            held = held.zip(h).map(|(a, b)| a + b);
+            pending = pending.zip(p).map(|(a, b)| a + b);
+        }
         if let Some(lags) = lags.filter(|l| held == Some(0) && pending == Some(0) && l.iter().all(|c| c.1 == 0)) {
             break lags;
         }
@@ -936,9 +1020,10 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
                 })
                 .collect();
             panic!(
-                "not caught up {allowed:?} after the feeding stopped: consumers {:?}, issues still held {held:?}, \
-                 messages pending {pending:?}\n{}",
+                "not caught up {allowed:?} after the feeding stopped: consumers {:?} and acme's {:?}, issues still held \
+                 {held:?}, messages pending {pending:?}\n{}",
                 rig_projections::status(&pool).await,
+                rig_projections::status(&acme).await,
                 logs.join("\n")
             );
         }
@@ -959,14 +1044,21 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
     }
 
     println!("checks start at {:.1} s", started.elapsed().as_secs_f64());
-    // The projector tables equal a fold of the log.
-    let mismatches = projection_mismatches(&pool, &prices).await;
-    assert!(
-        mismatches.is_empty(),
-        "token_usage / daily_cost differ from the fold of the log ({} rows):\n{}",
-        mismatches.len(),
-        mismatches.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
-    );
+    // Each tenant's projector tables equal a fold of its own log.
+    for (tenant, log) in logs {
+        let mismatches = projection_mismatches(log, &prices).await;
+        assert!(
+            mismatches.is_empty(),
+            "{tenant}: token_usage / daily_cost differ from the fold of its log ({} rows):\n{}",
+            mismatches.len(),
+            mismatches.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let acme_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&acme)
+        .await
+        .unwrap();
+    assert!(acme_events > 100, "acme's rig appended only {acme_events} events");
 
     // Every acknowledged event is in the log; nothing a refused request carried is.
     let stored: HashSet<Uuid> = sqlx::query_scalar("SELECT event_id FROM events")
@@ -996,17 +1088,21 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
         bad.violations
     );
 
-    // Discord got every notifiable event once, or twice for a message in flight at a kill.
-    let owed: HashSet<String> =
-        sqlx::query_scalar::<_, Uuid>("SELECT event_id FROM events WHERE position > $1 AND event_type = ANY($2)")
-            .bind(notifier_start)
-            .bind(NOTIFIABLE.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|u| u.to_string())
-            .collect();
+    // Discord got every notifiable event of both tenants once, or twice for a message in flight
+    // at a kill (event ids are unique across tenants).
+    let mut owed: HashSet<String> = HashSet::new();
+    for (((_, log), start), webhook) in logs.iter().zip(&notifier_starts).zip(webhook_ids) {
+        owed.extend(
+            sqlx::query_scalar::<_, Uuid>("SELECT event_id FROM events WHERE position > $1 AND event_type = ANY($2)")
+                .bind(start)
+                .bind(NOTIFIABLE.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .fetch_all(*log)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|u| format!("{webhook}:{u}")),
+        );
+    }
     let posts = discord.posts.lock().unwrap().clone();
     let mut per_event: HashMap<&str, Vec<Instant>> = HashMap::new();
     for (id, at) in &posts {
@@ -1032,15 +1128,24 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
         .flat_map(|(id, times)| times.windows(2).map(move |w| (w[0], w[1], *id)))
         .collect();
     repeats.sort_by_key(|r| r.1);
-    let mut used = vec![false; notifier_disruptions.len()];
+    // Each tenant has a sender of its own, with its own message in flight: a disruption explains
+    // one repeat per webhook.
+    let mut used: HashSet<(usize, &str)> = HashSet::new();
     let mut unexplained: Vec<String> = Vec::new();
     let at = |t: Instant| format!("{:.3} s", t.saturating_duration_since(chaos_start).as_secs_f64());
     for (before, after, id) in &repeats {
+        let webhook = id.split(':').next().unwrap_or("");
         let found = (0..notifier_disruptions.len())
-            .filter(|&k| !used[k] && notifier_disruptions[k].0 < *after && *before < notifier_disruptions[k].1)
+            .filter(|&k| {
+                !used.contains(&(k, webhook))
+                    && notifier_disruptions[k].0 < *after
+                    && *before < notifier_disruptions[k].1
+            })
             .min_by_key(|&k| notifier_disruptions[k].1);
         match found {
-            Some(k) => used[k] = true,
+            Some(k) => {
+                used.insert((k, webhook));
+            }
             None => {
                 let n = &workers[NOTIFIER];
                 let current = n.proc.as_ref().unwrap().log_text();
@@ -1049,7 +1154,7 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
                     .iter()
                     .chain([&current])
                     .flat_map(|l| l.lines())
-                    .filter(|l| l.contains(id))
+                    .filter(|l| l.contains(id.rsplit(':').next().unwrap_or(id)))
                     .collect();
                 unexplained.push(format!(
                     "{id} posted at {} and again at {}; the notifier's logs about it:\n{}",
@@ -1081,7 +1186,9 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
     for w in &workers {
         panics.extend(panic_lines(&w.proc.as_ref().unwrap().log_text()));
     }
-    panics.extend(panic_lines(&sim_log));
+    for sim_log in &sim_logs {
+        panics.extend(panic_lines(sim_log));
+    }
     assert!(panics.is_empty(), "panics in the logs:\n{}", panics.join("\n"));
     let mut foreign: Vec<String> = workers.iter().flat_map(|w| w.foreign_signals.clone()).collect();
     for w in &workers {
@@ -1128,15 +1235,17 @@ async fn the_rig_survives_kills_a_postgres_restart_and_bad_input_without_losing_
         sum(|r| r.network_errors),
         sum(|r| r.gave_up)
     );
-    let sim_summary: Vec<&str> = sim_log
-        .lines()
-        .rev()
-        .take(12)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    println!("simulator summary:\n  {}", sim_summary.join("\n  "));
+    for (sim_log, tenant) in sim_logs.iter().zip(["default", "acme"]) {
+        let sim_summary: Vec<&str> = sim_log
+            .lines()
+            .rev()
+            .take(12)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        println!("simulator summary ({tenant}):\n  {}", sim_summary.join("\n  "));
+    }
     let kills: Vec<String> = workers
         .iter()
         .filter(|w| w.kills > 0)
