@@ -788,8 +788,8 @@ async fn a_tenants_token_is_checked_before_the_body_is_read() {
 }
 
 /// A quiet tenant holds no connection: its writer, its flusher and its pools give theirs back
-/// (`IDLE_TIMEOUT` in ingest, 30 s, once for the writer and once for the pool, whose reaper
-/// runs every 30 s: about 90 s in all).
+/// (`IDLE_TIMEOUT` in ingest, 10 s, once for the writer and once for the pool, whose reaper
+/// runs every 10 s: about 30 s in all).
 #[tokio::test]
 async fn a_quiet_tenant_holds_no_connection() {
     let d = Deployment::start(true).await;
@@ -812,7 +812,7 @@ async fn a_quiet_tenant_holds_no_connection() {
         held().await > 0,
         "the append and the read used connections to acme's database"
     );
-    wait_for("acme's connections closed", Duration::from_secs(150), || async {
+    wait_for("acme's connections closed", Duration::from_secs(60), || async {
         (held().await == 0).then_some(())
     })
     .await;

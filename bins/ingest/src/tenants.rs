@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 /// connection reconnects): a tenant disabled at run time is refused within twice this.
 pub const CATALOG_POLL: Duration = Duration::from_secs(5);
 /// A tenant's connections are closed after this long unused, so a quiet tenant holds none.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections of one tenant's writer pool (the writer and its flusher hold one each while busy;
 /// the webhook's bookkeeping takes the others).
 const TENANT_WRITE_CONNECTIONS: u32 = 4;

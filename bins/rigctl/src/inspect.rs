@@ -323,6 +323,11 @@ pub async fn consumers(
     for u in &unreachable {
         println!("cannot reach tenant {u}");
     }
+    let code = if unreachable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
     for p in list.iter().filter(|c| c.paused) {
         let Some((_, pool)) = pools.iter().find(|(s, _)| *s == p.tenant) else {
             continue;
@@ -344,5 +349,5 @@ pub async fn consumers(
             at.unwrap_or(p.position + 1)
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }

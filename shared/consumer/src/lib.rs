@@ -657,7 +657,7 @@ impl<P: Projection> Consumer<P> {
         if from != to || applied > 1 {
             // Apply what precedes the suspects in bulk, then the suspects one per transaction.
             self.suspect = Some(Suspects { from, to });
-            tracing::warn!(consumer = name, from, to, %error, "batch failed; narrowing it down to the failing event");
+            tracing::warn!(consumer = name, tenant = %self.tenant, from, to, %error, "batch failed; narrowing it down to the failing event");
             return Ok(Outcome::Failed { position: to, error });
         }
         let position = from;
@@ -671,12 +671,17 @@ impl<P: Projection> Consumer<P> {
             to: position,
         });
         if attempts < self.cfg.poison_attempts {
-            tracing::warn!(consumer = name, position, attempt = attempts, %error, "event failed; will retry");
+            tracing::warn!(consumer = name, tenant = %self.tenant, position, attempt = attempts, %error, "event failed; will retry");
             return Ok(Outcome::Failed { position, error });
         }
+        let tenant_flag = if self.tenant == rig_tenants::DEFAULT {
+            String::new()
+        } else {
+            format!(" --tenant {}", self.tenant)
+        };
         tracing::error!(
-            consumer = name, position, %error,
-            "poison event: consumer paused. Fix the cause and restart, or `rigctl skip {name} {position}` to dead-letter it"
+            consumer = name, tenant = %self.tenant, position, %error,
+            "poison event: consumer paused. Fix the cause and restart, or `rigctl skip {name} {position}{tenant_flag}` to dead-letter it"
         );
         sqlx::query(
             "UPDATE checkpoints SET paused_position = $2, last_error = $3, paused_at = now(), updated_at = now() \
