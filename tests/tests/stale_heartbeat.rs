@@ -1291,3 +1291,49 @@ async fn sigkill_at_random_moments_of_catch_up_leaves_the_table_equal_to_an_inde
     assert_eq!(db.events().await, head, "the worker appended nothing");
     assert!(finisher.proc.try_wait().is_none(), "the worker is still running");
 }
+
+#[tokio::test]
+async fn each_tenant_is_checked_with_its_own_threshold_through_its_own_routes() {
+    let control = TestDb::new().await;
+    let acme = control.add_tenant("acme").await;
+    // The deployment waits an hour; acme only two seconds.
+    rig_tenants::settings::set(&control.pool, "acme", "stale_heartbeat.threshold", Some("2s"))
+        .await
+        .unwrap();
+    let ingest = TestIngest::start_with(&control, |s| {
+        s.ingest.auth_tokens = serde_json::from_value(json!([INGEST_TOKEN])).unwrap()
+    })
+    .await;
+    let w = spawn_worker_with(&control, &ingest.base, "1h", &[]);
+    wait_active(&w).await;
+    wait_for("acme taken up", Duration::from_secs(20), || async {
+        (metric(
+            &w.metrics,
+            "rig_consumer_active{consumer=\"stale-heartbeat\",tenant=\"acme\"}",
+        )
+        .await
+            == Some(1.0))
+        .then_some(())
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(ingest.url("/t/acme/v1/events"))
+        .bearer_auth(INGEST_TOKEN)
+        .json(&json!({"stream_id": "acme/widgets#1", "events": [
+            {"type": "ISSUE_APPROVED"}, {"type": "ISSUE_ASSIGNED", "data": {"agent_id": "dev-a"}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assign(&ingest, "globex/app#1", "dev-b").await;
+    wait_for("acme's quiet issue unassigned", Duration::from_secs(20), || async {
+        (count_type(&acme, "acme/widgets#1", "ISSUE_UNASSIGNED").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(count_type(&acme, "acme/widgets#1", "AGENT_STUCK").await, 1);
+    // Appended in acme's log only, and default's issue, under the deployment's hour, untouched.
+    assert_eq!(count_type(&control, "acme/widgets#1", "AGENT_STUCK").await, 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count_type(&control, "globex/app#1", "AGENT_STUCK").await, 0);
+    assert_eq!(issue(&control, "globex/app#1").await.0, "assigned");
+}
