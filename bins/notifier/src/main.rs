@@ -16,11 +16,15 @@ use rig_ops::telemetry::PrometheusHandle;
 use rig_ops::Settings;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Connections: the batch transaction, the head query, the sender, `/readyz`, LISTEN.
 const POOL_SIZE: u32 = 5;
+
+/// Over how long the tenants' senders take their first look at their outboxes.
+const FIRST_LOOK_SPREAD: Duration = Duration::from_secs(10);
 
 /// Serves the ops endpoints, fills the outbox and delivers it until `shutdown`.
 async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -55,7 +59,8 @@ async fn run(settings: Settings, metrics: PrometheusHandle, shutdown: Cancellati
         let events = t.settings.notifier_events.as_deref().unwrap_or(&events);
         let wake = Arc::new(Notify::new());
         let poll = rig_consumer::idle_poll(t.slug, poll_interval);
-        let sender = sender::Sender::new(t.pool.clone(), webhook, dry_run, wake.clone(), poll)?;
+        let sender = sender::Sender::new(t.pool.clone(), webhook, dry_run, wake.clone(), poll)?
+            .first_look_after(rig_tenants::spread(t.slug, FIRST_LOOK_SPREAD));
         let outbox = rig_projections::notifier::OutboxProjection::new(events, wake);
         Ok((
             outbox,

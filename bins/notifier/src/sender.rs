@@ -111,6 +111,9 @@ pub struct Sender {
     poll_interval: Duration,
     /// Set on 401/403/404 and kept until restart (the fix is a new URL in the config).
     disabled: Option<StatusCode>,
+    /// Before the first look at the outbox, unless a new message wakes it sooner (see
+    /// [`Sender::first_look_after`]).
+    first_look: Duration,
 }
 
 impl Sender {
@@ -134,7 +137,16 @@ impl Sender {
             wake,
             poll_interval,
             disabled: None,
+            first_look: Duration::ZERO,
         })
+    }
+
+    /// Waits `d` before the first look at the outbox (messages left from before a restart),
+    /// unless a new message comes first: a process taking up hundreds of tenants at once then
+    /// does not open a connection for each of them in the same instant.
+    pub fn first_look_after(mut self, d: Duration) -> Sender {
+        self.first_look = d;
+        self
     }
 
     /// Sends while this instance is the active one, until `shutdown`.
@@ -145,6 +157,14 @@ impl Sender {
                     r = active.changed() => if r.is_err() { return },
                     _ = shutdown.cancelled() => return,
                 }
+            }
+            if !self.first_look.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.first_look) => {}
+                    _ = self.wake.notified() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                self.first_look = Duration::ZERO;
             }
             self.drain(&active, &shutdown).await;
             if shutdown.is_cancelled() {

@@ -144,17 +144,6 @@ pub fn register_metrics() {
     metrics::counter!("rig_stale_heartbeat_conflicts_total").increment(0);
 }
 
-/// A point in `0..interval` fixed by the tenant's slug (none for `default`).
-fn spread(tenant: &str, interval: Duration) -> Duration {
-    if tenant == rig_tenants::DEFAULT {
-        return Duration::ZERO;
-    }
-    let h = tenant.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    interval.mul_f64((h % 1000) as f64 / 1000.0)
-}
-
 pub struct Checker {
     pool: PgPool,
     client: reqwest::Client,
@@ -193,7 +182,7 @@ impl Checker {
             token: s.ingest_token.clone(),
             threshold: threshold.unwrap_or(s.threshold),
             check_interval: s.check_interval,
-            first_delay: spread(tenant, s.check_interval),
+            first_delay: rig_tenants::spread(tenant, s.check_interval),
         })
     }
 

@@ -724,7 +724,15 @@ impl<P: Projection> Consumer<P> {
     /// off and comes back).
     async fn tail(&mut self, shutdown: &CancellationToken, info: &'static ConsumerInfo) -> Result<(), sqlx::Error> {
         let name = info.name;
-        ensure_checkpoint(&self.pool, info).await?;
+        {
+            // A turn for the first statement too: a fleet taking up hundreds of tenants at once
+            // must not open a connection for each of them at the same moment.
+            let _turn = match &self.gate {
+                Some(g) => g.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            ensure_checkpoint(&self.pool, info).await?;
+        }
         let mut backoff = new_backoff();
         loop {
             if shutdown.is_cancelled() {

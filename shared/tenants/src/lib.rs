@@ -125,6 +125,19 @@ fn server_label(url: &str) -> String {
         .unwrap_or_else(|_| url.to_owned())
 }
 
+/// A point in `0..interval` fixed by the slug (none for `default`): when a process takes up
+/// hundreds of tenants at once, each tenant's periodic work starts at its own moment instead of
+/// all of them opening a connection in the same instant.
+pub fn spread(slug: &str, interval: std::time::Duration) -> std::time::Duration {
+    if slug == DEFAULT {
+        return std::time::Duration::ZERO;
+    }
+    let h = slug.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    interval.mul_f64((h % 1000) as f64 / 1000.0)
+}
+
 /// The database a new tenant gets when none is named: `rig_t_<slug>`.
 pub fn default_database_name(slug: &str) -> String {
     format!("rig_t_{slug}")
