@@ -29,7 +29,7 @@ use axum::http::{header, HeaderMap, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rig_log::writer::WriterOptions;
+use rig_log::writer::{WriterGates, WriterOptions};
 use rig_tenants::{Tenant, TenantSettings};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -44,6 +44,23 @@ use tokio_util::sync::CancellationToken;
 pub const CATALOG_POLL: Duration = Duration::from_secs(5);
 /// A tenant's connections are closed after this long unused, so a quiet tenant holds none.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections all tenants' writers (and, as many, their flushers) may hold at once.
+const WRITER_PERMITS: usize = 6;
+/// After this long without appends a tenant's writer gives its connections back to its pool.
+const WRITER_IDLE: Duration = Duration::from_secs(1);
+/// Idle connections kept across all tenants' pools (beyond these, a connection given back is
+/// closed): what bounds ingest's connections when appends touch many tenants in turn.
+const IDLE_KEPT: u32 = 8;
+/// Connections open in all tenants' pools together.
+fn open_connections(pools: &Mutex<HashMap<String, (PgPool, PgPool)>>) -> u32 {
+    pools
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|(w, r)| w.size() + r.size())
+        .sum()
+}
+
 /// Connections of one tenant's writer pool (the writer and its flusher hold one each while busy;
 /// the webhook's bookkeeping takes the others).
 const TENANT_WRITE_CONNECTIONS: u32 = 4;
@@ -154,6 +171,10 @@ pub struct Registry {
     main: tokio::runtime::Handle,
     catalog: RwLock<Arc<Catalog>>,
     logs: Mutex<HashMap<String, Arc<TenantLog>>>,
+    /// Turns for the tenants' writers and flushers ([`WRITER_PERMITS`] each).
+    gates: WriterGates,
+    /// Every tenant's pools (appends, reads), for the sum of their connections ([`IDLE_KEPT`]).
+    pools: Arc<Mutex<HashMap<String, (PgPool, PgPool)>>>,
     tokens: Mutex<TokenCache>,
     wake: Arc<Wake>,
 }
@@ -170,6 +191,8 @@ impl Registry {
             main,
             catalog: RwLock::new(Arc::new(Catalog::default())),
             logs: Mutex::new(HashMap::new()),
+            pools: Arc::default(),
+            gates: WriterGates::new(WRITER_PERMITS),
             tokens: Mutex::new(HashMap::new()),
             wake: Arc::new(Wake::default()),
         }
@@ -218,6 +241,12 @@ impl Registry {
         *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Catalog { entries });
         self.tokens.lock().unwrap_or_else(|e| e.into_inner()).clear();
         // Requests in flight keep their handles; the pools close once the last one is dropped.
+        {
+            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            for log in &stale {
+                pools.remove(&log.tenant.slug);
+            }
+        }
         drop(stale);
         Ok(())
     }
@@ -232,10 +261,15 @@ impl Registry {
         let opts = entry.tenant.connect_options(&self.own)?;
         // Pools and the writer start tasks: on the main runtime, whichever runtime asks.
         let _main = self.main.enter();
+        let (open_w, open_r) = (self.pools.clone(), self.pools.clone());
         let pool = PgPoolOptions::new()
             .max_connections(TENANT_WRITE_CONNECTIONS)
             .min_connections(0)
             .idle_timeout(IDLE_TIMEOUT)
+            .after_release(move |_, _| {
+                let n = open_connections(&open_w);
+                Box::pin(async move { Ok(n <= IDLE_KEPT) })
+            })
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(
                 opts.clone()
@@ -245,6 +279,10 @@ impl Registry {
             .max_connections(TENANT_READ_CONNECTIONS)
             .min_connections(0)
             .idle_timeout(IDLE_TIMEOUT)
+            .after_release(move |_, _| {
+                let n = open_connections(&open_r);
+                Box::pin(async move { Ok(n <= IDLE_KEPT) })
+            })
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(
                 opts.options([("statement_timeout", self.read_statement_timeout.clone())])
@@ -264,9 +302,14 @@ impl Registry {
                         .insert(woken.clone());
                     wake.notify.notify_one();
                 })),
-                release_idle_after: Some(IDLE_TIMEOUT),
+                release_idle_after: Some(WRITER_IDLE),
+                gates: Some(self.gates.clone()),
             },
         );
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slug.clone(), (pool.clone(), read_pool.clone()));
         let log = Arc::new(TenantLog {
             pool,
             read_pool,

@@ -35,6 +35,9 @@ pub(super) struct Answers {
 /// (an append with its own event ids is then answered "already stored" if it had landed).
 pub(super) async fn flusher_loop(pool: PgPool, mut rx: mpsc::Receiver<Answers>, options: WriterOptions) {
     let mut conn: Option<PoolConnection<Postgres>> = None;
+    // The gate's permit, held with the connection (see `WriterOptions::gates`).
+    let gate = options.gates.as_ref().map(|g| g.flushers.clone());
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut round: Vec<Answers> = Vec::new();
     loop {
         let received = match (options.release_idle_after, conn.is_some()) {
@@ -42,6 +45,7 @@ pub(super) async fn flusher_loop(pool: PgPool, mut rx: mpsc::Receiver<Answers>, 
                 Ok(n) => n,
                 Err(_) => {
                     conn = None;
+                    permit = None;
                     continue;
                 }
             },
@@ -52,6 +56,9 @@ pub(super) async fn flusher_loop(pool: PgPool, mut rx: mpsc::Receiver<Answers>, 
         }
         let flushed = if round.iter().any(|a| a.needs_flush) {
             let started = Instant::now();
+            if let (Some(g), None) = (&gate, &permit) {
+                permit = g.clone().acquire_owned().await.ok();
+            }
             let result = match store::connection(&pool, &mut conn).await {
                 Ok(c) => sqlx::query("SELECT pg_logical_emit_message(true, 'rig-ingest', 'durable')")
                     .execute(c)
@@ -65,6 +72,10 @@ pub(super) async fn flusher_loop(pool: PgPool, mut rx: mpsc::Receiver<Answers>, 
             if let Err(e) = &result {
                 tracing::warn!(error = %e, "the WAL flush failed; the appends it was to cover are answered 503 and retried by their clients");
                 store::discard(&mut conn).await;
+            }
+            if gate.as_ref().is_some_and(|g| g.available_permits() == 0) || conn.is_none() {
+                conn = None;
+                permit = None;
             }
             result
         } else {

@@ -129,6 +129,29 @@ pub struct WriterOptions {
     /// without work, so a quiet log holds no connection; `None` keeps them (the busy log's
     /// writer never pays for a new connection).
     pub release_idle_after: Option<std::time::Duration>,
+    /// Shared by the writers of many logs (ingest's tenants): a writer or a flusher holds a
+    /// connection only with a permit of its gate, and gives both back after a batch when the
+    /// gate has none left, so that however many logs are busy, they hold at most as many
+    /// connections as the gates have permits, taking turns.
+    pub gates: Option<WriterGates>,
+}
+
+/// See [`WriterOptions::gates`]. Two gates, so that writers holding every permit can never keep
+/// the flushers they wait for from a connection.
+#[derive(Clone)]
+pub struct WriterGates {
+    pub writers: Arc<tokio::sync::Semaphore>,
+    pub flushers: Arc<tokio::sync::Semaphore>,
+}
+
+impl WriterGates {
+    /// Gates of `permits` permits each.
+    pub fn new(permits: usize) -> WriterGates {
+        WriterGates {
+            writers: Arc::new(tokio::sync::Semaphore::new(permits)),
+            flushers: Arc::new(tokio::sync::Semaphore::new(permits)),
+        }
+    }
 }
 
 impl Default for WriterOptions {
@@ -137,6 +160,7 @@ impl Default for WriterOptions {
             tenant: "default".to_owned(),
             on_commit: None,
             release_idle_after: None,
+            gates: None,
         }
     }
 }
@@ -182,6 +206,7 @@ impl Writer {
             durable_tx,
             max_batch,
             options.release_idle_after,
+            options.gates.as_ref().map(|g| g.writers.clone()),
         ));
         tokio::spawn(flusher::flusher_loop(pool, durable_rx, options));
         Writer {

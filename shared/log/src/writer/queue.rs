@@ -29,10 +29,13 @@ pub(super) async fn writer_loop(
     durable: mpsc::Sender<Answers>,
     max_batch: usize,
     release_idle_after: Option<std::time::Duration>,
+    gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 ) {
     // A connection of its own, kept across batches; replaced after any error that may have
     // broken it, and given back after `release_idle_after` without work when that is set.
     let mut conn: Option<PoolConnection<Postgres>> = None;
+    // The gate's permit, held with the connection (see `WriterOptions::gates`).
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut carry: Vec<Job> = Vec::new();
     loop {
         let mut batch = std::mem::take(&mut carry);
@@ -42,6 +45,7 @@ pub(super) async fn writer_loop(
                     Ok(next) => next,
                     Err(_) => {
                         conn = None;
+                        permit = None;
                         continue;
                     }
                 },
@@ -65,7 +69,15 @@ pub(super) async fn writer_loop(
         }
         let started = Instant::now();
         let n = batch.len();
+        if let (Some(g), None) = (&gate, &permit) {
+            permit = g.clone().acquire_owned().await.ok();
+        }
         carry = commit_batch(&pool, &mut conn, &durable, batch).await;
+        if gate.as_ref().is_some_and(|g| g.available_permits() == 0) || conn.is_none() {
+            // Others wait for a turn: this log takes a connection again for its next batch.
+            conn = None;
+            permit = None;
+        }
         metrics::histogram!("rig_ingest_batch_duration_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("rig_ingest_batch_requests").record((n - carry.len()) as f64);
     }
