@@ -219,3 +219,105 @@ async fn demo_works_issues_to_done_catches_the_silent_agent_and_ctrl_c_stops_eve
     assert!(left.is_empty());
     assert!(up.log_text().contains("all stopped"));
 }
+
+/// `rigctl up --demo --tenants 2`: each tenant its own database with its own simulated rig, an
+/// admin token and a token per tenant printed, `/v1/admin/tenants` listing them. On a private
+/// Postgres: the tenants' databases are named `rig_t_<slug>`, which no other test may share.
+#[tokio::test]
+async fn demo_over_tenants_feeds_each_tenant_its_own_rig() {
+    let cluster = rig_ops::pg::PrivateCluster::start()
+        .await
+        .expect("start a private Postgres");
+    let url = format!("postgres://postgres@127.0.0.1:{}/rig", cluster.port);
+    let ports = SystemPorts::new();
+    let listen = |p: u16| format!("127.0.0.1:{p}");
+    let env = vec![
+        ("DATABASE_URL", url.clone()),
+        ("RIG_INGEST__LISTEN", listen(ports.ingest)),
+        ("RIG_STALE_HEARTBEAT__METRICS_LISTEN", listen(ports.stale_heartbeat)),
+        (
+            "RIG_STALE_HEARTBEAT__INGEST_URL",
+            format!("http://127.0.0.1:{}", ports.ingest),
+        ),
+        ("RIG_COST_PROJECTOR__METRICS_LISTEN", listen(ports.cost_projector)),
+        ("RIG_TOKEN_PROJECTOR__METRICS_LISTEN", listen(ports.token_projector)),
+        ("RIG_NOTIFIER__METRICS_LISTEN", listen(ports.notifier)),
+    ];
+    let args = [
+        "up",
+        "--no-build",
+        "--demo",
+        "--tenants",
+        "2",
+        "--demo-agents",
+        "3",
+        "--demo-issues",
+        "4",
+        "--demo-rate",
+        "40",
+    ];
+    let up = RigctlUp::spawn(&args, &env, &url);
+    let api = format!("http://127.0.0.1:{}", ports.ingest);
+    wait_http_ok(&format!("{api}/readyz"), Duration::from_secs(60)).await;
+    // The tokens, from what `up` printed.
+    let token_after = |log: &str, label: &str, key: &str| -> Option<String> {
+        let line = log.lines().find(|l| l.trim_start().starts_with(label))?;
+        let rest = line.split(key).nth(1)?;
+        rest.split_whitespace().next().map(str::to_owned)
+    };
+    let (admin, acme_token) = wait_for("the tokens printed", Duration::from_secs(30), || async {
+        let log = up.proc.log_text();
+        Some((
+            token_after(&log, "admin token", "admin token")?,
+            token_after(&log, "acme ", "token")?,
+        ))
+    })
+    .await;
+    let log_of = |slug: &str| format!("postgres://postgres@127.0.0.1:{}/rig_t_{slug}", cluster.port);
+    for slug in ["acme", "globex"] {
+        let pool = sqlx::PgPool::connect(&log_of(slug)).await.unwrap();
+        wait_for(
+            &format!("{slug}'s rig and its token usage"),
+            Duration::from_secs(60),
+            || async {
+                let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                let usage: i64 = sqlx::query_scalar("SELECT count(*) FROM token_usage")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (events > 20 && usage > 0).then_some(())
+            },
+        )
+        .await;
+        pool.close().await;
+    }
+    let c = reqwest::Client::new();
+    let r = c
+        .get(format!("{api}/v1/admin/tenants"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    let listed: Vec<&str> = body["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["tenant"].as_str())
+        .collect();
+    assert_eq!(listed, ["default", "acme", "globex"], "{body}");
+    let status = |token: Option<&str>| {
+        let mut req = c.get(format!("{api}/t/acme/v1/issues"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(status(Some(&acme_token)).await, reqwest::StatusCode::OK);
+    assert_eq!(status(None).await, reqwest::StatusCode::UNAUTHORIZED);
+    drop(up);
+}
