@@ -32,6 +32,7 @@ fn expected_figures() -> Vec<String> {
         "tenants_connections",
         "tenants_append_to_projection_idle_p99",
         "tenants_append_to_projection_busy_p99",
+        "tenants_append_to_projection_spread_p99",
     ]
     .map(String::from)
     .to_vec();

@@ -52,8 +52,10 @@ const TENANT_IDLE_KEPT: u32 = 4;
 /// The safety poll of a tenant other than `default`: its wake-ups come over the control
 /// database's LISTEN (and every reconnect of it wakes every tenant), so the poll only covers a
 /// notification that was never sent (ingest killed between a commit and its notify). Rare, so
-/// that 200 idle tenants cost next to nothing.
-const TENANT_POLL: Duration = Duration::from_secs(60);
+/// that 200 idle tenants cost next to nothing: each look opens a connection to the tenant's
+/// database, and every connection opened while other tenants are busy may close one of theirs
+/// (`TENANT_IDLE_KEPT`).
+const TENANT_POLL: Duration = Duration::from_secs(300);
 
 /// How often a task of `tenant` that waits for wake-ups looks anyway: `poll` for `default`
 /// (its LISTEN is the one it always had), [`TENANT_POLL`] or `poll` if longer for the others.
