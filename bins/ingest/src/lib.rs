@@ -439,21 +439,9 @@ pub fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<()
     if state.settings.ingest.auth_tokens.is_empty() {
         return Ok(());
     }
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError::Unauthorized("missing Authorization: Bearer <token> header"));
-    };
-    let token = value
-        .to_str()
-        .ok()
-        // The scheme is case-insensitive (RFC 9110 §11.1).
-        .and_then(|v| {
-            v.split_once(' ')
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        })
-        .map(|(_, token)| token.trim())
-        .ok_or(ApiError::Unauthorized(
-            "the Authorization header must be `Bearer <token>`",
-        ))?;
+    let token = tenants::bearer(headers).unwrap_or(Err(ApiError::Unauthorized(
+        "missing Authorization: Bearer <token> header",
+    )))?;
     if state.settings.ingest.token_ok(token) {
         Ok(())
     } else {

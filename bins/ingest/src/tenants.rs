@@ -29,6 +29,7 @@ use axum::http::{header, HeaderMap, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use rig_log::db::IdleBudget;
 use rig_log::writer::{WriterGates, WriterOptions};
 use rig_tenants::{Tenant, TenantSettings};
 use serde_json::{json, Value};
@@ -51,14 +52,14 @@ const WRITER_IDLE: Duration = Duration::from_secs(1);
 /// Idle connections kept across all tenants' pools (beyond these, a connection given back is
 /// closed): what bounds ingest's connections when appends touch many tenants in turn.
 const IDLE_KEPT: u32 = 8;
-/// Connections open in all tenants' pools together.
-fn open_connections(pools: &Mutex<HashMap<String, (PgPool, PgPool)>>) -> u32 {
-    pools
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .map(|(w, r)| w.size() + r.size())
-        .sum()
+
+/// A tenant's pool of `max` connections, none kept once idle for [`IDLE_TIMEOUT`].
+fn tenant_pool(max: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .min_connections(0)
+        .idle_timeout(IDLE_TIMEOUT)
+        .acquire_timeout(Duration::from_secs(5))
 }
 
 /// Connections of one tenant's writer pool (the writer and its flusher hold one each while busy;
@@ -173,8 +174,8 @@ pub struct Registry {
     logs: Mutex<HashMap<String, Arc<TenantLog>>>,
     /// Turns for the tenants' writers and flushers ([`WRITER_PERMITS`] each).
     gates: WriterGates,
-    /// Every tenant's pools (appends, reads), for the sum of their connections ([`IDLE_KEPT`]).
-    pools: Arc<Mutex<HashMap<String, (PgPool, PgPool)>>>,
+    /// Every tenant's pools (appends, reads), under one budget of idle connections ([`IDLE_KEPT`]).
+    pools: IdleBudget,
     tokens: Mutex<TokenCache>,
     wake: Arc<Wake>,
 }
@@ -191,7 +192,7 @@ impl Registry {
             main,
             catalog: RwLock::new(Arc::new(Catalog::default())),
             logs: Mutex::new(HashMap::new()),
-            pools: Arc::default(),
+            pools: IdleBudget::new(IDLE_KEPT),
             gates: WriterGates::new(WRITER_PERMITS),
             tokens: Mutex::new(HashMap::new()),
             wake: Arc::new(Wake::default()),
@@ -241,11 +242,8 @@ impl Registry {
         *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Catalog { entries });
         self.tokens.lock().unwrap_or_else(|e| e.into_inner()).clear();
         // Requests in flight keep their handles; the pools close once the last one is dropped.
-        {
-            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-            for log in &stale {
-                pools.remove(&log.tenant.slug);
-            }
+        for log in &stale {
+            self.pools.remove(&log.tenant.slug);
         }
         drop(stale);
         Ok(())
@@ -261,29 +259,16 @@ impl Registry {
         let opts = entry.tenant.connect_options(&self.own)?;
         // Pools and the writer start tasks: on the main runtime, whichever runtime asks.
         let _main = self.main.enter();
-        let (open_w, open_r) = (self.pools.clone(), self.pools.clone());
-        let pool = PgPoolOptions::new()
-            .max_connections(TENANT_WRITE_CONNECTIONS)
-            .min_connections(0)
-            .idle_timeout(IDLE_TIMEOUT)
-            .after_release(move |_, _| {
-                let n = open_connections(&open_w);
-                Box::pin(async move { Ok(n <= IDLE_KEPT) })
-            })
-            .acquire_timeout(Duration::from_secs(5))
+        let pool = self
+            .pools
+            .apply(tenant_pool(TENANT_WRITE_CONNECTIONS))
             .connect_lazy_with(
                 opts.clone()
                     .options([("statement_timeout", self.statement_timeout.clone())]),
             );
-        let read_pool = PgPoolOptions::new()
-            .max_connections(TENANT_READ_CONNECTIONS)
-            .min_connections(0)
-            .idle_timeout(IDLE_TIMEOUT)
-            .after_release(move |_, _| {
-                let n = open_connections(&open_r);
-                Box::pin(async move { Ok(n <= IDLE_KEPT) })
-            })
-            .acquire_timeout(Duration::from_secs(5))
+        let read_pool = self
+            .pools
+            .apply(tenant_pool(TENANT_READ_CONNECTIONS))
             .connect_lazy_with(
                 opts.options([("statement_timeout", self.read_statement_timeout.clone())])
                     .application_name("rig-ingest-reads"),
@@ -306,10 +291,10 @@ impl Registry {
                 gates: Some(self.gates.clone()),
             },
         );
-        self.pools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(slug.clone(), (pool.clone(), read_pool.clone()));
+        // A log made again (its tenant moved) replaces the pools counted for it.
+        self.pools.remove(slug);
+        self.pools.add(slug, pool.clone());
+        self.pools.add(slug, read_pool.clone());
         let log = Arc::new(TenantLog {
             pool,
             read_pool,
@@ -462,7 +447,7 @@ enum Access {
 }
 
 /// The bearer token, if the request has an `Authorization` header.
-fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
     let value = headers.get(header::AUTHORIZATION)?;
     Some(
         value

@@ -23,7 +23,7 @@
 //! others wait as hot standbys, exactly as one consumer per name always did.
 
 use crate::{Companion, Consumer, ConsumerConfig, Projection};
-use rig_log::db::{consumer_lock_key, EVENTS_CHANNEL};
+use rig_log::db::{consumer_lock_key, IdleBudget, EVENTS_CHANNEL};
 use rig_tenants::{Tenant, TenantSettings, CATALOG_CHANNEL, DEFAULT, TENANT_EVENTS_CHANNEL};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -123,9 +123,9 @@ pub struct Fleet<P: Projection> {
     tenants: Vec<Tenant>,
     settings: HashMap<String, TenantSettings>,
     catalog_read: Option<Instant>,
-    /// The pools of the tenants other than `default` this replica works: their sizes together
-    /// decide whether a released connection is kept.
-    pools: Arc<Mutex<HashMap<String, PgPool>>>,
+    /// The pools of the tenants other than `default` this replica works, under one budget of
+    /// idle connections ([`TENANT_IDLE_KEPT`]).
+    pools: IdleBudget,
     /// Turns for batches of tenants other than `default`.
     gate: Arc<tokio::sync::Semaphore>,
 }
@@ -153,7 +153,7 @@ impl<P: Projection> Fleet<P> {
             tenants: Vec::new(),
             settings: HashMap::new(),
             catalog_read: None,
-            pools: Arc::default(),
+            pools: IdleBudget::new(TENANT_IDLE_KEPT),
             gate: Arc::new(tokio::sync::Semaphore::new(TENANT_BATCHES)),
         }
     }
@@ -254,7 +254,7 @@ impl<P: Projection> Fleet<P> {
                 if let Some(h) = self.held.remove(&slug) {
                     h.stop.cancel();
                     let _ = h.task.await;
-                    self.pools.lock().unwrap_or_else(|e| e.into_inner()).remove(&slug);
+                    self.pools.remove(&slug);
                     self.start(&t, h.key)?;
                 }
             }
@@ -359,26 +359,16 @@ impl<P: Projection> Fleet<P> {
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_lazy_with(self.own.clone())
         } else {
-            let pools = self.pools.clone();
-            let pool = PgPoolOptions::new()
+            let options = PgPoolOptions::new()
                 .max_connections(TENANT_POOL_SIZE)
                 .min_connections(0)
                 .idle_timeout(TENANT_IDLE)
-                .acquire_timeout(Duration::from_secs(5))
-                .after_release(move |_, _| {
-                    let open: u32 = pools
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .values()
-                        .map(|p| p.size())
-                        .sum();
-                    Box::pin(async move { Ok(open <= TENANT_IDLE_KEPT) })
-                })
+                .acquire_timeout(Duration::from_secs(5));
+            let pool = self
+                .pools
+                .apply(options)
                 .connect_lazy_with(tenant.connect_options(&self.own)?);
-            self.pools
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(slug.clone(), pool.clone());
+            self.pools.add(&slug, pool.clone());
             pool
         };
         let settings = self.settings.get(&slug).cloned().unwrap_or_default();
@@ -433,7 +423,7 @@ impl<P: Projection> Fleet<P> {
         let Some(h) = self.held.remove(slug) else { return };
         h.stop.cancel();
         let _ = h.task.await;
-        self.pools.lock().unwrap_or_else(|e| e.into_inner()).remove(slug);
+        self.pools.remove(slug);
         if unlock {
             if let Some(s) = self.standing.as_mut() {
                 let _ = sqlx::query("SELECT pg_advisory_unlock($1)")

@@ -153,3 +153,57 @@ pub async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Pools (a process's pools for many tenants' databases) that share one budget of idle
+/// connections: a connection given back while their pools together hold more than `keep` is
+/// closed instead of kept, so however many databases are busy in turn, idle connections stay
+/// bounded, and each pool's own `idle_timeout` closes the rest once it is quiet.
+#[derive(Clone)]
+pub struct IdleBudget {
+    pools: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<PgPool>>>>,
+    keep: u32,
+}
+
+impl IdleBudget {
+    pub fn new(keep: u32) -> IdleBudget {
+        IdleBudget {
+            pools: std::sync::Arc::default(),
+            keep,
+        }
+    }
+
+    /// Connections open in the budget's pools together.
+    pub fn open(&self) -> u32 {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .map(PgPool::size)
+            .sum()
+    }
+
+    /// `options` with the budget's rule applied each time a connection is given back.
+    pub fn apply(&self, options: PgPoolOptions) -> PgPoolOptions {
+        let budget = self.clone();
+        options.after_release(move |_, _| {
+            let keep = budget.open() <= budget.keep;
+            Box::pin(async move { Ok(keep) })
+        })
+    }
+
+    /// Counts `pool` (made with [`IdleBudget::apply`]) under `key`.
+    pub fn add(&self, key: &str, pool: PgPool) {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.to_owned())
+            .or_default()
+            .push(pool);
+    }
+
+    /// Stops counting the pools of `key` (closed or about to be).
+    pub fn remove(&self, key: &str) {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
