@@ -155,25 +155,69 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let admin = self.admin_url.clone();
-        let name = self.name.clone();
-        // Drop cannot be async: finish on a thread with its own small runtime. The pool is not
-        // closed first (that would wait for connections held by tasks of the blocked test
-        // runtime); FORCE ends them instead.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(mut c) = PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut c)
-                        .await;
-                }
-            });
-        })
-        .join();
+        // The pool is not closed first (that would wait for connections held by tasks of the
+        // blocked test runtime); FORCE ends them instead.
+        drop_database(&self.admin_url, &self.name);
+    }
+}
+
+/// Drops database `name` (`WITH (FORCE)`) through the server's `admin_url`. Usable from `Drop`,
+/// which cannot be async: it runs on a thread with its own small runtime.
+pub fn drop_database(admin_url: &str, name: &str) {
+    let (admin, name) = (admin_url.to_owned(), name.to_owned());
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            if let Ok(mut c) = PgConnection::connect(&admin).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut c)
+                    .await;
+            }
+        });
+    })
+    .join();
+}
+
+/// Drops a database of the test's server when dropped: one a test made beside its `TestDb`.
+pub struct DropDatabase {
+    pub admin_url: String,
+    pub name: String,
+}
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        drop_database(&self.admin_url, &self.name);
+    }
+}
+
+/// What a run of `rigctl` printed and how it ended.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the real `rigctl args…` against `db`, with no configuration but DATABASE_URL.
+pub async fn rigctl(db: &TestDb, args: &[&str]) -> Run {
+    let mut cmd = tokio::process::Command::new(bin("rigctl"));
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RIG_") || k == "DATABASE_URL" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RIG_CONFIG", "/dev/null").env("DATABASE_URL", &db.url);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("rigctl {args:?} did not finish in 60 s"))
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

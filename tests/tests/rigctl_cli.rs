@@ -6,36 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 use reqwest::StatusCode;
-use rig_tests::{bin, enc, get_json, TestDb, TestIngest};
+use rig_tests::{enc, get_json, rigctl, Run, TestDb, TestIngest};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `rigctl args…` against `db`, with no configuration but DATABASE_URL.
-async fn rigctl(db: &TestDb, args: &[&str]) -> Run {
-    let mut cmd = tokio::process::Command::new(bin("rigctl"));
-    cmd.args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RIG_") || k == "DATABASE_URL" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RIG_CONFIG", "/dev/null").env("DATABASE_URL", &db.url);
-    let out = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("rigctl {args:?} did not finish in 60 s"))
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn json_of(r: &Run) -> Value {
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", r.stdout, r.stderr))

@@ -6,35 +6,9 @@
 //! per (consumer, tenant).
 #![allow(clippy::unwrap_used)]
 
-use rig_tests::{bin, TestDb};
+use rig_tests::{rigctl, DropDatabase, Run, TestDb};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn rigctl(db: &TestDb, args: &[&str]) -> Run {
-    let mut cmd = tokio::process::Command::new(bin("rigctl"));
-    cmd.args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RIG_") || k == "DATABASE_URL" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RIG_CONFIG", "/dev/null").env("DATABASE_URL", &db.url);
-    let out = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("rigctl {args:?} did not finish in 60 s"))
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn ok(r: &Run) -> &Run {
     assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
@@ -47,39 +21,13 @@ fn refused<'a>(r: &'a Run, says: &str) -> &'a Run {
     r
 }
 
-/// Drops a database of the test's server when dropped.
-struct DropDb {
-    admin: String,
-    name: String,
-}
-
-impl Drop for DropDb {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(mut c) = PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut c)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test]
 async fn operators_add_list_route_configure_and_migrate_tenants() {
     let control = TestDb::new().await;
     let admin = rig_ops::pg::with_database(&control.url, "postgres").unwrap();
     let acme_db = format!("{}_acme", control.name);
-    let _cleanup = DropDb {
-        admin: admin.clone(),
+    let _cleanup = DropDatabase {
+        admin_url: admin.clone(),
         name: acme_db.clone(),
     };
     // On "another server" (here the same one, named by URL): only host and port are kept.
@@ -102,8 +50,8 @@ async fn operators_add_list_route_configure_and_migrate_tenants() {
 
     // The default place: rig_t_<slug> on the control database's server.
     let slug = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let _cleanup2 = DropDb {
-        admin: admin.clone(),
+    let _cleanup2 = DropDatabase {
+        admin_url: admin.clone(),
         name: format!("rig_t_{slug}"),
     };
     ok(&rigctl(&control, &["tenants", "add", &slug]).await);
